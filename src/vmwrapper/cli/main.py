@@ -1,0 +1,48 @@
+"""``vm-wrapper SUBCOMMAND ...``: dispatch with lazy imports, one error path for users."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from importlib import import_module
+
+# subcommand -> (module under vmwrapper.cli, one-line help). Modules import lazily so that
+# each command pays only for what it uses.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "check-config": ("admin", "print the effective config and its problems"),
+    "qsub": ("qsub", "the Torque qsub wrapper (what src/scripts/qsub runs)"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: vm-wrapper COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<14} {text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"vm-wrapper: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = import_module(f"vmwrapper.cli.{COMMANDS[name][0]}")
+    entry: Callable[[list[str]], int] = module.run
+    return run_guarded(entry, rest)
+
+
+def run_guarded(entry: Callable[[list[str]], int], args: list[str]) -> int:
+    """Run a command; turn our errors into one line each on stderr, never a traceback."""
+    from vmwrapper.errors import VmWrapperError  # noqa: PLC0415
+
+    try:
+        return entry(args)
+    except VmWrapperError as err:
+        for line in err.lines():
+            print(f"vm-wrapper: {line}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,79 @@
+"""The VM request as it travels inside the submitted job script.
+
+One marked comment line carries versioned JSON data, nothing executable::
+
+    #%VMW-REQUEST-V1 {"files":{"metadata":"<base64>"},"vm":{"img":"debian12",...}}
+
+The qsub wrapper writes it; the root hook reads it from the batch system's own copy of the
+script and treats every byte as hostile: size limits, strict shape, then ``request.validate``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from vmwrapper.errors import RequestError
+from vmwrapper.request import FILE_KEYS, VM_KEYS
+
+MARKER = "#%VMW-REQUEST-V1 "
+MARKER_BYTES = MARKER.encode()
+MAX_BLOCK_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RequestBlock:
+    """Raw (not yet validated) request text and the user files embedded at submit time."""
+
+    vm: dict[str, str]
+    files: dict[str, bytes]
+
+
+def encode(vm: Mapping[str, str], files: Mapping[str, bytes]) -> str:
+    """The marker line (without newline) for a request."""
+    data = {
+        "vm": dict(vm),
+        "files": {key: base64.b64encode(blob).decode("ascii") for key, blob in files.items()},
+    }
+    return MARKER + json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def find(script: bytes) -> RequestBlock | None:
+    """The request in a job script, None if it has none. Raises RequestError if malformed."""
+    if MARKER_BYTES not in script:
+        return None
+    lines = [line for line in script.splitlines() if line.startswith(MARKER_BYTES)]
+    if len(lines) != 1:
+        raise RequestError([f"job script has {len(lines)} request lines; expected exactly one"])
+    if len(lines[0]) > MAX_BLOCK_BYTES:
+        raise RequestError(["request line is larger than 4 MiB"])
+    return decode(lines[0][len(MARKER_BYTES) :])
+
+
+def decode(payload: bytes) -> RequestBlock:
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise RequestError([f"request line is not valid JSON ({err.__class__.__name__})"]) from None
+    if not isinstance(data, dict) or set(data) != {"vm", "files"}:
+        raise RequestError(["request line must hold exactly the objects 'vm' and 'files'"])
+    vm, files = data["vm"], data["files"]
+    if not isinstance(vm, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in vm.items()
+    ):
+        raise RequestError(["request 'vm' must map names to text"])
+    unknown = sorted(set(vm) - set(VM_KEYS))
+    if unknown:
+        raise RequestError([f"unknown key {key[:40]!r} in request" for key in unknown])
+    if not isinstance(files, dict) or not set(files) <= set(FILE_KEYS):
+        raise RequestError(["request 'files' may only hold " + ", ".join(FILE_KEYS)])
+    decoded: dict[str, bytes] = {}
+    for key, text in files.items():
+        try:
+            decoded[key] = base64.b64decode(str(text), validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError([f"{key}: embedded file is not valid base64"]) from None
+    return RequestBlock(vm=vm, files=decoded)
