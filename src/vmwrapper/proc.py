@@ -1,0 +1,113 @@
+"""The only place that runs external commands.
+
+Every command gets an explicit timeout and set of accepted exit codes, runs in its own
+session so a timeout kills the whole process group, and fails with a CommandError whose
+message is one line. We use subprocess rather than the ``sh`` package: sh gives children a
+pty by default and imports asyncio (+80 ms), and we need exact control of sessions and fds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from vmwrapper.errors import CommandError
+
+log = logging.getLogger(__name__)
+
+# A fixed PATH: hooks start with none (Slurm) or a minimal one (Torque).
+SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    ok_codes: Iterable[int] = (0,),
+    input_text: str | None = None,
+    env: Mapping[str, str] | None = None,
+    redact: Iterable[str] = (),
+) -> Result:
+    """Run argv to completion. Raises CommandError on timeout or an unaccepted exit code."""
+    args = [str(a) for a in argv]
+    shown = _redacted(args, redact)
+    child_env = {"PATH": SAFE_PATH, "LC_ALL": "C.UTF-8"} if env is None else dict(env)
+    log.debug("run: %s", " ".join(shown))
+    try:
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=child_env,
+            start_new_session=True,  # so a timeout can kill the whole group
+            text=True,
+        )
+    except OSError as err:
+        raise CommandError(
+            f"cannot run {args[0]}: {err.strerror}", argv=shown, returncode=None
+        ) from None
+    try:
+        out, err_text = proc.communicate(input_text, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc.pid)
+        proc.communicate()
+        raise CommandError(
+            f"{os.path.basename(args[0])} timed out after {timeout:g} s",
+            argv=shown,
+            returncode=None,
+        ) from None
+    if proc.returncode not in set(ok_codes):
+        last = (err_text.strip().splitlines() or ["no error output"])[-1][:200]
+        raise CommandError(
+            f"{os.path.basename(args[0])} failed (exit {proc.returncode}): {last}",
+            argv=shown,
+            returncode=proc.returncode,
+            stderr=err_text,
+        )
+    return Result(shown, proc.returncode, out, err_text)
+
+
+def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal a whole process group; it may already be gone."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def exec_replace(argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+    """Replace this process by argv (never returns). Used to hand over to the real qsub."""
+    args = [str(a) for a in argv]
+    try:
+        if env is None:
+            os.execv(args[0], args)
+        os.execve(args[0], args, dict(env))
+    except OSError as err:
+        raise CommandError(
+            f"cannot run {args[0]}: {err.strerror}", argv=args, returncode=None
+        ) from None
+
+
+def _redacted(args: list[str], secrets: Iterable[str]) -> list[str]:
+    hidden = [s for s in secrets if s]
+    if not hidden:
+        return args
+    out = []
+    for arg in args:
+        for secret in hidden:
+            arg = arg.replace(secret, "***")
+        out.append(arg)
+    return out
