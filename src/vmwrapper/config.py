@@ -41,61 +41,80 @@ class Config:
     """Every admin setting, typed. This class is the schema: field order is file order."""
 
     # -- Site switches --------------------------------------------------------------------
-    DISABLE_VM_WRAPPER: bool = setting("bool", 
-        "false", "true: qsub passes every call to the real qsub unparsed; hooks refuse VM jobs."
+    DISABLE_VM_WRAPPER: bool = setting(
+        "bool",
+        "false",
+        "true: qsub passes every call to the real qsub unparsed; hooks refuse VM jobs.",
     )
-    DISABLED_HOSTS_LIST: str = setting("regex", 
-        "", "Regex of host names (short) where VM jobs may neither be submitted nor run."
+    DISABLED_HOSTS_LIST: str = setting(
+        "regex", "", "Regex of host names (short) where VM jobs may neither be submitted nor run."
     )
     PARALLEL: bool = setting("bool", "true", "Boot a node's VMs concurrently (true) or one by one.")
-    ALLOW_USER_IMAGES: bool = setting("bool", 
-        "false", "true: users may name their own image by absolute path (checked by root)."
+    ALLOW_USER_IMAGES: bool = setting(
+        "bool", "false", "true: users may name their own image by absolute path (checked by root)."
     )
-    IMAGE_POOL: str = setting("path", 
-        "/var/lib/vm-wrapper/images", "Directory of admin images (<name>.qcow2, .img or .raw)."
+    IMAGE_POOL: str = setting(
+        "path",
+        "/var/lib/vm-wrapper/images",
+        "Directory of admin images (<name>.qcow2, .img or .raw).",
     )
     HOST_OS_CORE_COUNT: int = setting("int", "1", "Cores per node kept for the host OS.", minimum=0)
-    HOST_OS_RAM_MB: int = setting("int", "1024", "RAM per node (MB) kept for the host OS.", minimum=1)
+    HOST_OS_RAM_MB: int = setting(
+        "int", "1024", "RAM per node (MB) kept for the host OS.", minimum=1
+    )
     MAX_VMS_PER_NODE: int = setting("int", "4", "Upper limit of vms_per_node.", minimum=1)
-    STATIC_IP_MAPPING: bool = setting("bool", 
+    STATIC_IP_MAPPING: bool = setting(
+        "bool",
         "true",
         "true: guests get static addresses from VM_ADDRESS_POOL in their seed; false: DHCP "
         "(the site's DHCP must map our deterministic MACs to the same addresses).",
     )
-    TIMEOUT: int = setting("int", 
-        "240", "Seconds a node may take to boot its VMs until they signal ready.", minimum=5
+    TIMEOUT: int = setting(
+        "int", "240", "Seconds a node may take to boot its VMs until they signal ready.", minimum=5
     )
-    SERVER_HOSTNAME: str = setting("str", 
-        "", "Short host name of the submission front end (empty: every host is one)."
+    SERVER_HOSTNAME: str = setting(
+        "str", "", "Short host name of the submission front end (empty: every host is one)."
     )
     REAL_QSUB_ON_SERVER: str = setting("path", "/usr/bin/qsub", "Torque's qsub on the front end.")
     REAL_QSUB_ON_NODES: str = setting("path", "/usr/bin/qsub", "Torque's qsub on compute nodes.")
     REAL_SBATCH: str = setting("path", "/usr/bin/sbatch", "Slurm's sbatch.")
     # -- Devices (reserved: this release has no driver for them) --------------------------
-    IOCM_ENABLED: bool = setting("bool", "false", "IOcm dedicated I/O cores. No driver yet: keep false.")
+    IOCM_ENABLED: bool = setting(
+        "bool", "false", "IOcm dedicated I/O cores. No driver yet: keep false."
+    )
     IOCM_MIN_CORES: int = setting("int", "1", "Least IOcm cores a job may ask for.", minimum=0)
     IOCM_MAX_CORES: int = setting("int", "4", "Most IOcm cores a job may ask for.", minimum=0)
     VRDMA_ENABLED: bool = setting("bool", "false", "Virtual RDMA. No driver yet: keep false.")
     VRDMA_NODES: str = setting("regex", "", "Regex of nodes with vRDMA hardware.")
-    SNAP_MONITORING_ENABLED: bool = setting("bool", "false", "snap monitoring. No driver yet: keep false.")
+    SNAP_MONITORING_ENABLED: bool = setting(
+        "bool", "false", "snap monitoring. No driver yet: keep false."
+    )
     # -- Defaults for every -vm key -------------------------------------------------------
-    FILESYSTEM_TYPE_DEFAULT: str = setting("choice", 
+    FILESYSTEM_TYPE_DEFAULT: str = setting(
+        "choice",
         "sharedfs",
         "Where VM disk overlays live: sharedfs (OVERLAY_DIR) or ramdisk (RAMDISK_DIR).",
         choices=("sharedfs", "ramdisk"),
     )
     IMG_DEFAULT: str = setting("str", "debian12", "Image used when the job names none.")
-    DISTRO_DEFAULT: str = setting("choice", 
-        "debian", "Guest OS family of the default image.", choices=("debian", "ubuntu", "redhat")
+    DISTRO_DEFAULT: str = setting(
+        "choice",
+        "debian",
+        "Guest OS family of the default image.",
+        choices=("debian", "ubuntu", "redhat"),
     )
     ARCH_DEFAULT: str = setting("choice", "x86_64", "Guest CPU architecture.", choices=("x86_64",))
     VCPU_PINNING_DEFAULT: bool = setting("bool", "false", "Pin each vCPU to one host core.")
     VCPUS_DEFAULT: int = setting("int", "1", "vCPUs per VM.", minimum=1)
     RAM_DEFAULT: int = setting("size", "1G", "RAM per VM (plain number = MB; K/M/G/T suffixes).")
     VMS_PER_NODE_DEFAULT: int = setting("int", "1", "VMs per node.", minimum=1)
-    DISK_DEFAULT: str = setting("optpath", "", "Persistent user disk for the first VM (empty: none).")
-    HYPERVISOR_DEFAULT: str = setting("choice", 
-        "kvm", "kvm (hardware, falls back to qemu if KVM cannot run guests) or qemu (TCG).",
+    DISK_DEFAULT: str = setting(
+        "optpath", "", "Persistent user disk for the first VM (empty: none)."
+    )
+    HYPERVISOR_DEFAULT: str = setting(
+        "choice",
+        "kvm",
+        "kvm (hardware, falls back to qemu if KVM cannot run guests) or qemu (TCG).",
         choices=("kvm", "qemu"),
     )
     VRDMA_ENABLED_DEFAULT: bool = setting("bool", "false", "vrdma when the job does not say.")
@@ -107,69 +126,85 @@ class Config:
     MAX_RAM_PER_VM: int = setting("size", "256G", "Upper limit of ram.")
     MIN_RAM_PER_VM: int = setting("size", "256M", "Lower limit of ram.")
     QEMU_OVERHEAD_MB: int = setting("int", "256", "Host RAM QEMU itself needs per VM.", minimum=0)
-    MAX_USER_FILE_KB: int = setting("int", 
-        "256", "Size limit of a job script, vm_prologue, vm_epilogue or metadata file.",
+    MAX_USER_FILE_KB: int = setting(
+        "int",
+        "256",
+        "Size limit of a job script, vm_prologue, vm_epilogue or metadata file.",
         minimum=1,
     )
-    USER_METADATA_KEYS: tuple[str, ...] = setting("words", 
+    USER_METADATA_KEYS: tuple[str, ...] = setting(
+        "words",
         "packages package_update",
         "cloud-config keys a user's metadata file may set (space-separated).",
     )
-    ALLOW_GUEST_SUDO: bool = setting("bool", "false", "true: the job user gets passwordless sudo in guests.")
+    ALLOW_GUEST_SUDO: bool = setting(
+        "bool", "false", "true: the job user gets passwordless sudo in guests."
+    )
     # -- Node side --------------------------------------------------------------------------
     TORQUE_HOME: str = setting("path", "/var/spool/torque", "Torque's PBS_HOME on compute nodes.")
-    PROLOGALARM: int = setting("int", 
-        "300", "Torque's $prologalarm; TIMEOUT must end well inside it minus 10 s.", minimum=11
+    PROLOGALARM: int = setting(
+        "int",
+        "300",
+        "Torque's $prologalarm; TIMEOUT must end well inside it minus 10 s.",
+        minimum=11,
     )
-    STATE_DIR: str = setting("path", 
-        "/var/lib/vm-wrapper/state", "Root-only per-job state (journal, keys, seeds)."
+    STATE_DIR: str = setting(
+        "path", "/var/lib/vm-wrapper/state", "Root-only per-job state (journal, keys, seeds)."
     )
-    OVERLAY_DIR: str = setting("path", 
-        "/var/lib/vm-wrapper/overlays", "Disk-backed directory for qcow2 overlays (sharedfs)."
+    OVERLAY_DIR: str = setting(
+        "path",
+        "/var/lib/vm-wrapper/overlays",
+        "Disk-backed directory for qcow2 overlays (sharedfs).",
     )
-    RAMDISK_DIR: str = setting("path", 
-        "/dev/shm/vm-wrapper", "RAM-backed directory for overlays (fs_type=ramdisk)."
+    RAMDISK_DIR: str = setting(
+        "path", "/dev/shm/vm-wrapper", "RAM-backed directory for overlays (fs_type=ramdisk)."
     )
     LIBVIRT_URI: str = setting("str", "qemu:///system", "libvirt connection URI.")
-    ACCEL: str = setting("choice", 
+    ACCEL: str = setting(
+        "choice",
         "auto",
         "auto: probe whether KVM really runs guests, else TCG; kvm or tcg: force it.",
         choices=("auto", "kvm", "tcg"),
     )
-    SHUTDOWN_TIMEOUT: int = setting("int", 
-        "20", "Seconds the epilogue waits for a graceful guest shutdown.", minimum=0
+    SHUTDOWN_TIMEOUT: int = setting(
+        "int", "20", "Seconds the epilogue waits for a graceful guest shutdown.", minimum=0
     )
-    MAX_PROLOGUE_ATTEMPTS: int = setting("int", 
-        "3", "Transient boot failures a job may have before it is aborted.", minimum=1
+    MAX_PROLOGUE_ATTEMPTS: int = setting(
+        "int", "3", "Transient boot failures a job may have before it is aborted.", minimum=1
     )
-    VM_NETWORK_TYPE: str = setting("choice", 
-        "bridge", "How guests attach: bridge (VM_BRIDGE) or network (libvirt VM_NETWORK).",
+    VM_NETWORK_TYPE: str = setting(
+        "choice",
+        "bridge",
+        "How guests attach: bridge (VM_BRIDGE) or network (libvirt VM_NETWORK).",
         choices=("bridge", "network"),
     )
     VM_BRIDGE: str = setting("name", "vmwbr0", "Host bridge the guests' NIC joins.")
     VM_NETWORK: str = setting("name", "default", "libvirt network the guests' NIC joins.")
-    VM_ADDRESS_POOL: str = setting("cidr", 
-        "10.77.0.0/16", "CIDR the guests' addresses come from (one block per job)."
+    VM_ADDRESS_POOL: str = setting(
+        "cidr", "10.77.0.0/16", "CIDR the guests' addresses come from (one block per job)."
     )
-    VM_ADDRESS_BLOCK: int = setting("int", 
-        "26", "Prefix length of one job's block inside VM_ADDRESS_POOL.", minimum=1
+    VM_ADDRESS_BLOCK: int = setting(
+        "int", "26", "Prefix length of one job's block inside VM_ADDRESS_POOL.", minimum=1
     )
     VM_GATEWAY: str = setting("optip", "", "Guests' default gateway (empty: none).")
-    VM_DNS: tuple[str, ...] = setting("words", "", "Guests' name servers (space-separated; empty: none).")
-    SHARED_MOUNTS: tuple[str, ...] = setting("paths", 
-        "/home", "Host directories mounted at the same path in every guest (space-separated)."
+    VM_DNS: tuple[str, ...] = setting(
+        "words", "", "Guests' name servers (space-separated; empty: none)."
     )
-    USER_MOUNT_ROOTS: tuple[str, ...] = setting("paths", 
-        "", "Directories under which users may add their own mounts (space-separated)."
+    SHARED_MOUNTS: tuple[str, ...] = setting(
+        "paths",
+        "/home",
+        "Host directories mounted at the same path in every guest (space-separated).",
     )
-    NODE_PYTHON: str = setting("path", 
-        "/opt/vm-wrapper/venv/bin/python3", "Interpreter with vm-wrapper on compute nodes."
+    USER_MOUNT_ROOTS: tuple[str, ...] = setting(
+        "paths", "", "Directories under which users may add their own mounts (space-separated)."
+    )
+    NODE_PYTHON: str = setting(
+        "path", "/opt/vm-wrapper/venv/bin/python3", "Interpreter with vm-wrapper on compute nodes."
     )
 
 
 SCHEMA: dict[str, dict[str, Any]] = {f.name: dict(f.metadata) for f in fields(Config)}
 KEYS: tuple[str, ...] = tuple(SCHEMA)
-
 
 
 # ---------------------------------------------------------------------------------------
@@ -315,7 +350,7 @@ def parse_size_mb(text: str) -> int | None:
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 
-def _convert(key: str, text: str, meta: dict[str, Any]) -> tuple[Any, str]:  # noqa: PLR0911
+def _convert(key: str, text: str, meta: dict[str, Any]) -> tuple[Any, str]:
     """(typed value, problem). The problem is '' when the text is valid."""
     kind = meta["kind"]
     if kind == "bool":
@@ -343,7 +378,9 @@ def _convert(key: str, text: str, meta: dict[str, Any]) -> tuple[Any, str]:  # n
     if kind in ("path", "optpath"):
         if not text and kind == "optpath":
             return text, ""
-        return text, "" if text.startswith("/") and "\x00" not in text else "expected an absolute path"
+        return text, "" if text.startswith(
+            "/"
+        ) and "\x00" not in text else "expected an absolute path"
     if kind == "paths":
         paths = tuple(text.split())
         bad = [p for p in paths if not p.startswith("/")]
@@ -409,7 +446,7 @@ def warnings(config: Config) -> list[str]:
     """Things that work but are probably not what the admin wants."""
     found: list[str] = []
     deadline = config.PROLOGALARM - 10
-    if config.TIMEOUT + config.SHUTDOWN_TIMEOUT + 15 > deadline:
+    if deadline < config.TIMEOUT + config.SHUTDOWN_TIMEOUT + 15:
         found.append(
             f"TIMEOUT: {config.TIMEOUT} s boot + {config.SHUTDOWN_TIMEOUT} s cleanup does not "
             f"fit inside Torque's $prologalarm - 10 s = {deadline} s; raise PROLOGALARM "

@@ -8,6 +8,7 @@ pty by default and imports asyncio (+80 ms), and we need exact control of sessio
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -82,10 +83,8 @@ def run(
 
 def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
     """Signal a whole process group; it may already be gone."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def exec_replace(argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
@@ -93,8 +92,8 @@ def exec_replace(argv: Sequence[str], env: Mapping[str, str] | None = None) -> N
     args = [str(a) for a in argv]
     try:
         if env is None:
-            os.execv(args[0], args)
-        os.execve(args[0], args, dict(env))
+            os.execv(args[0], args)  # noqa: S606  (argv list, no shell)
+        os.execve(args[0], args, dict(env))  # noqa: S606
     except OSError as err:
         raise CommandError(
             f"cannot run {args[0]}: {err.strerror}", argv=args, returncode=None
@@ -107,7 +106,8 @@ def _redacted(args: list[str], secrets: Iterable[str]) -> list[str]:
         return args
     out = []
     for arg in args:
+        shown = arg
         for secret in hidden:
-            arg = arg.replace(secret, "***")
-        out.append(arg)
+            shown = shown.replace(secret, "***")
+        out.append(shown)
     return out
