@@ -1,0 +1,173 @@
+"""Root-owned per-job state on one node, and the journal that makes teardown reliable.
+
+Layout (STATE_DIR is root-owned)::
+
+    STATE_DIR/jobs/<tag>/              0711 root   the job on this host
+    STATE_DIR/jobs/<tag>/node<rank>/   0711 root   one node's resources (several ranks share a
+                                                   host only in tests)
+        journal                        0600        one JSON line per resource, written and
+                                                   fsync'ed BEFORE the resource is created
+        timeline.json                  0644        boot timeline, for `vm-wrapper status`
+    STATE_DIR/jobs/<tag>/user/         0711 root   what the job user may read: files owned by
+                                                   the user (key, known_hosts, vms.json)
+    STATE_DIR/attempts/<tag>.<rank>    0600        prologue attempts; survives teardown so a
+                                                   requeued job's count keeps growing
+
+Directories are 0711 so libvirt's qemu user can reach the files it needs by name while no one
+else can list them. Every open uses O_NOFOLLOW and every directory is checked to be a real,
+root-owned directory: nothing here follows a symlink.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from vmwrapper.errors import NodeError
+
+DIR_MODE = 0o711
+
+
+def ensure_root_dir(path: Path, mode: int = DIR_MODE) -> Path:
+    """Create (or accept) a root-owned real directory; refuse symlinks and foreign owners."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=mode)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0:
+        raise NodeError(f"{path} must be a root-owned directory (not a link)")
+    if stat.S_IMODE(info.st_mode) != mode:
+        os.chmod(path, mode)
+    return path
+
+
+def write_file(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None = None) -> Path:
+    """Write a file without following a symlink at its name; set owner and mode via the fd."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISLNK(os.lstat(path).st_mode):
+            os.unlink(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600)
+    try:
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
+
+
+class NodeState:
+    """State of job `tag` for node rank `rank` on this host."""
+
+    def __init__(self, state_dir: Path, tag: str, rank: int) -> None:
+        self.root = state_dir
+        self.job_dir = state_dir / "jobs" / tag
+        self.node_dir = self.job_dir / f"node{rank}"
+        self.user_dir = self.job_dir / "user"
+        self.attempts_file = state_dir / "attempts" / f"{tag}.{rank}"
+        self.journal = self.node_dir / "journal"
+        self.timeline_file = self.node_dir / "timeline.json"
+        self._timeline: dict[str, float] = {}
+
+    # -- creation ------------------------------------------------------------------------
+    def create(self) -> None:
+        for path in (self.root, self.root / "jobs", self.job_dir, self.node_dir):
+            ensure_root_dir(path)
+
+    def exists(self) -> bool:
+        return self.node_dir.is_dir() and not self.node_dir.is_symlink()
+
+    def record(self, kind: str, value: str) -> None:
+        """Journal a resource before creating it, durably."""
+        line = json.dumps({"kind": kind, "value": value, "time": time.time()}) + "\n"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.journal, flags, 0o600)
+        try:
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Journal entries in creation order; a torn last line (crash) is ignored."""
+        try:
+            fd = os.open(self.journal, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return []
+        with os.fdopen(fd, encoding="utf-8") as handle:
+            text = handle.read()
+        found = []
+        for line in text.splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict) and {"kind", "value"} <= set(entry):
+                    found.append(entry)
+        return found
+
+    # -- attempts ------------------------------------------------------------------------
+    def bump_attempts(self) -> int:
+        ensure_root_dir(self.root / "attempts")
+        count = self.attempts() + 1
+        write_file(self.attempts_file, str(count).encode(), 0o600)
+        return count
+
+    def attempts(self) -> int:
+        try:
+            fd = os.open(self.attempts_file, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return 0
+        with os.fdopen(fd) as handle:
+            text = handle.read().strip()
+        return int(text) if text.isdigit() else 0
+
+    def forget_attempts(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.attempts_file)
+
+    # -- timeline ------------------------------------------------------------------------
+    def mark(self, event: str, when: float | None = None) -> None:
+        """Record a boot timeline event (first occurrence wins) and persist the timeline."""
+        self._timeline.setdefault(event, time.time() if when is None else when)
+        data = json.dumps(self._timeline, indent=1, sort_keys=True).encode()
+        if self.exists():
+            write_file(self.timeline_file, data, 0o644)
+
+    @property
+    def timeline(self) -> dict[str, float]:
+        return dict(self._timeline)
+
+    # -- removal -------------------------------------------------------------------------
+    def remove_node_dir(self) -> None:
+        _rmtree(self.node_dir)
+        with contextlib.suppress(OSError):
+            remaining = [p.name for p in self.job_dir.iterdir()]
+            if remaining in ([], ["user"]):
+                _rmtree(self.job_dir)
+
+
+def _rmtree(path: Path) -> None:
+    # shutil.rmtree works on fds here (avoids_symlink_attacks), so a swapped-in link
+    # cannot redirect it.
+    assert shutil.rmtree.avoids_symlink_attacks
+    with contextlib.suppress(FileNotFoundError):
+        if os.path.islink(path):
+            os.unlink(path)
+            return
+        shutil.rmtree(path)
+
+
+def job_dirs(state_dir: Path) -> Iterator[Path]:
+    """Every job state directory on this host (for reap)."""
+    jobs = state_dir / "jobs"
+    if not jobs.is_dir() or jobs.is_symlink():
+        return iter(())
+    return (p for p in sorted(jobs.iterdir()) if p.is_dir() and not p.is_symlink())
