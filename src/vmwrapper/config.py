@@ -159,6 +159,12 @@ class Config:
     RAMDISK_DIR: str = setting(
         "path", "/dev/shm/vm-wrapper", "RAM-backed directory for overlays (fs_type=ramdisk)."
     )
+    SITE_SECRET: str = setting(
+        "path",
+        "/etc/vm-wrapper/secret",
+        "Root-only 0600 file, identical on all nodes (like munge.key); job SSH keys derive "
+        "from it. Create it with `vm-wrapper setup-secret`.",
+    )
     LIBVIRT_URI: str = setting("str", "qemu:///system", "libvirt connection URI.")
     ACCEL: str = setting(
         "choice",

@@ -11,6 +11,7 @@ from importlib import import_module
 COMMANDS: dict[str, tuple[str, str]] = {
     "check-config": ("admin", "print the effective config and its problems"),
     "qsub": ("qsub", "the Torque qsub wrapper (what src/scripts/qsub runs)"),
+    "hook": ("hook", "root batch hook: hook torque|slurm EVENT ARGS..."),
 }
 
 

@@ -1,0 +1,67 @@
+"""Torque 6.1 hook invocations -> HookContext, and our outcomes -> Torque exit codes.
+
+Measured contract (DESIGN.md section 4): prologue argv is jobid user group jobname
+resources queue account script (8); epilogue argv is jobid user group jobname session
+resources used queue account exit_status script (11). The environment is nearly empty:
+PBS_NODENUM (0 on the mother superior), PBS_NUM_NODES, PBS_NUM_PPN, PBS_MSHOST, ...
+"""
+
+from __future__ import annotations
+
+from vmwrapper.batch.hookctx import HookContext, int_env
+from vmwrapper.errors import PermanentJobError
+
+EVENTS = {
+    "prologue": ("prologue", True),
+    "prologue.parallel": ("prologue", False),
+    "epilogue": ("epilogue", True),
+    "epilogue.parallel": ("epilogue", False),
+    "epilogue.precancel": ("precancel", True),
+}
+PROLOGUE_ARGS = 8
+EPILOGUE_ARGS = 11
+
+# Exit codes with their measured meaning for the job.
+RUN = 0
+ABORT = 1  # mother superior prologue: job aborted, never rerun
+REQUEUE = 2  # mother superior prologue: requeued at once (pbs_sched loops without limit)
+SISTER_REQUEUE = 1  # prologue.parallel: any non-zero requeues; 1 included
+
+
+def parse(event_name: str, argv: list[str], env: dict[str, str]) -> HookContext:
+    if event_name not in EVENTS:
+        raise PermanentJobError(f"unknown Torque hook {event_name!r}")
+    event, mother_superior = EVENTS[event_name]
+    expected = PROLOGUE_ARGS if event == "prologue" else EPILOGUE_ARGS
+    if len(argv) < expected:
+        raise PermanentJobError(f"{event_name}: expected {expected} arguments, got {len(argv)}")
+    default_rank = 0 if mother_superior else None
+    rank_text = env.get("PBS_NODENUM", "")
+    rank = int(rank_text) if rank_text.isdigit() else default_rank
+    exit_text = argv[9] if event != "prologue" else ""
+    return HookContext(
+        backend="torque",
+        event=event,
+        jobid=argv[0],
+        user=argv[1],
+        script_path=argv[7] if event == "prologue" else argv[10],
+        rank=rank,
+        num_nodes=int_env(env, "PBS_NUM_NODES", 1),
+        cores_on_node=int_env(env, "PBS_NUM_PPN", 1),
+        first_node=mother_superior,
+        exit_status=int(exit_text) if exit_text.lstrip("-").isdigit() else None,
+    )
+
+
+def prologue_exit_code(ctx: HookContext, *, permanent: bool, attempts_left: bool) -> int:
+    """Map a failed prologue onto Torque's semantics.
+
+    Mother superior: permanent -> abort (1); transient -> requeue (2) while attempts are
+    left, then abort, because pbs_sched would otherwise restart the job in a tight loop.
+    Sister: exit 1 only requeues and cannot abort the job. So a sister gives up with 0
+    when the failure is permanent or attempts ran out; the mother superior's prologue,
+    which runs after every sister's, then finds the sister's VMs missing and aborts.
+    """
+    if ctx.first_node:
+        return REQUEUE if (not permanent and attempts_left) else ABORT
+    return SISTER_REQUEUE if (not permanent and attempts_left) else RUN

@@ -1,0 +1,208 @@
+"""Boot one node's VMs: disks, seeds, domains, readiness, and the user's files.
+
+Each resource is journalled (state.record) before it is created, so teardown can remove
+exactly what exists even after a crash at any point.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vmwrapper import disks, keys
+from vmwrapper.config import Config
+from vmwrapper.errors import RequestError
+from vmwrapper.hypervisor import BootWatch, Hypervisor, kvm_runs_guests, wait_ready
+from vmwrapper.plan import JobPlan, VmSpec
+from vmwrapper.requestblock import RequestBlock
+from vmwrapper.state import NodeState, ensure_root_dir, write_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeInputs:
+    """Everything the per-VM steps share."""
+
+    image: disks.BaseImage
+    accel: str
+    secret: bytes
+    user_key: keys.KeyPair
+    metadata: dict[str, Any]
+    disk: disks.UserDisk | None
+    shares: tuple[tuple[str, str], ...]  # (host path, mount tag)
+    overlay_dir: Path
+
+
+def boot_node(
+    *, plan: JobPlan, block: RequestBlock, state: NodeState, hypervisor: Hypervisor,
+    config: Config,
+) -> None:  # fmt: skip
+    inputs = _gather_inputs(plan, block, state, config)
+    state.mark("inputs_checked")
+    watches: list[BootWatch] = []
+
+    def start(vm: VmSpec) -> None:
+        watches.append(
+            _start_vm(vm, plan=plan, inputs=inputs, state=state, hypervisor=hypervisor,
+                      config=config)
+        )  # fmt: skip
+
+    if config.PARALLEL and len(plan.vms) > 1:
+        with ThreadPoolExecutor(max_workers=len(plan.vms)) as pool:
+            list(pool.map(start, plan.vms))
+    else:
+        for vm in plan.vms:
+            start(vm)
+    wait_ready(hypervisor, watches, config.TIMEOUT, lambda n, e: state.mark(f"{n}:{e}"))
+    state.mark("node_ready")
+    if plan.alloc.rank == 0:
+        write_user_files(plan, inputs, state)
+
+
+def _gather_inputs(
+    plan: JobPlan, block: RequestBlock, state: NodeState, config: Config
+) -> NodeInputs:
+    request = plan.request
+    image = _image(request.img, config, plan.alloc.uid)
+    secret = keys.read_secret(Path(config.SITE_SECRET))
+    disk = None
+    if request.disk and plan.alloc.rank == 0:
+        disk = disks.check_user_disk(request.disk, plan.alloc.uid)
+    overlay_root = config.RAMDISK_DIR if request.fs_type == "ramdisk" else config.OVERLAY_DIR
+    overlay_dir = Path(overlay_root) / plan.tag
+    ensure_root_dir(Path(overlay_root))
+    state.record("dir", str(overlay_dir))
+    ensure_root_dir(overlay_dir)
+    return NodeInputs(
+        image=image,
+        accel=choose_accel(request.hypervisor, config, image, state),
+        secret=secret,
+        user_key=keys.user_key(secret, plan.alloc.jobid),
+        metadata=parse_user_metadata(block.files.get("metadata"), config),
+        disk=disk,
+        shares=shares_for(config),
+        overlay_dir=overlay_dir,
+    )
+
+
+def _image(name: str, config: Config, uid: int) -> disks.BaseImage:
+    if name.startswith("/"):
+        user_image = disks.check_user_disk(name, uid)
+        return disks.BaseImage(user_image.path, user_image.fmt, None, None, "")
+    return disks.resolve_admin_image(name, config.IMAGE_POOL)
+
+
+def choose_accel(hypervisor: str, config: Config, image: disks.BaseImage, state: NodeState) -> str:
+    """kvm or tcg. The probe result is cached per host boot (KVM does not come and go)."""
+    if config.ACCEL != "auto":
+        return config.ACCEL
+    if hypervisor == "qemu" or image.kernel is None:
+        return "tcg" if hypervisor == "qemu" else "kvm"
+    cache = state.root / "accel.json"
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("boot_id") == boot_id:
+            return str(cached["accel"])
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    accel = "kvm" if kvm_runs_guests(image.kernel) else "tcg"
+    if accel == "tcg":
+        log.warning("KVM cannot run guests on this host; falling back to QEMU TCG")
+    write_file(cache, json.dumps({"boot_id": boot_id, "accel": accel}).encode(), 0o644)
+    return accel
+
+
+def parse_user_metadata(blob: bytes | None, config: Config) -> dict[str, Any]:
+    """The user's cloud-config: a mapping with only the keys the admin allows."""
+    if not blob:
+        return {}
+    if len(blob) > config.MAX_USER_FILE_KB * 1024:
+        raise RequestError([f"metadata: larger than {config.MAX_USER_FILE_KB} KiB"])
+    import yaml  # noqa: PLC0415
+
+    try:
+        data = yaml.safe_load(blob.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError):
+        raise RequestError(["metadata: not valid YAML"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RequestError(["metadata: must be a cloud-config mapping"])
+    bad = sorted(str(k) for k in data if k not in config.USER_METADATA_KEYS)
+    if bad:
+        allowed = " ".join(config.USER_METADATA_KEYS) or "none"
+        raise RequestError(
+            [f"metadata: key {k!r} is not allowed (allowed: {allowed})" for k in bad]
+        )
+    return data
+
+
+def shares_for(config: Config) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        (path, f"vmwshare{i}") for i, path in enumerate(config.SHARED_MOUNTS) if Path(path).is_dir()
+    )
+
+
+def _start_vm(
+    vm: VmSpec, plan: JobPlan, inputs: NodeInputs, state: NodeState, hypervisor: Hypervisor,
+    config: Config,
+) -> BootWatch:  # fmt: skip
+    from vmwrapper import render, seed, xmlcheck  # noqa: PLC0415
+    from vmwrapper.vmfiles import VmPaths  # noqa: PLC0415
+
+    paths = VmPaths.for_vm(vm, state.node_dir, inputs.overlay_dir, inputs.disk)
+    nonce = secrets.token_hex(16)
+    state.record("file", str(paths.overlay))
+    disks.create_overlay(inputs.image, paths.overlay)
+    state.mark(f"{vm.name}:overlay")
+    state.record("file", str(paths.seed))
+    seed.write_seed(
+        vm=vm, plan=plan, config=config, paths=paths, nonce=nonce,
+        user_public_key=inputs.user_key.public_openssh,
+        user_private_key=inputs.user_key.private_openssh,
+        host_key=keys.host_key(inputs.secret, plan.alloc.jobid, vm.index),
+        known_hosts=_known_hosts(plan, inputs.secret), shares=inputs.shares,
+        user_metadata=inputs.metadata,
+    )  # fmt: skip
+    state.mark(f"{vm.name}:seed")
+    for path in (paths.console, paths.ready):
+        state.record("file", str(path))
+    xml = render.render_domain(
+        vm=vm, plan=plan, config=config, paths=paths, accel=inputs.accel, image=inputs.image,
+        shares=inputs.shares,
+    )  # fmt: skip
+    xmlcheck.validate_domain(xml)
+    state.record("domain", vm.name)
+    hypervisor.start(xml)
+    state.mark(f"{vm.name}:define")
+    return BootWatch(vm.name, paths.ready, paths.console, nonce)
+
+
+def _known_hosts(plan: JobPlan, secret: bytes) -> list[str]:
+    hosts = [(vm.index, vm.hostname, vm.address) for vm in plan.all_vms]
+    return keys.known_hosts_lines(secret, plan.alloc.jobid, hosts)
+
+
+def write_user_files(plan: JobPlan, inputs: NodeInputs, state: NodeState) -> None:
+    """What the job user needs on the first node: key, known_hosts, the VM list."""
+    ensure_root_dir(state.user_dir)
+    owner = (plan.alloc.uid, plan.alloc.gid)
+    key = inputs.user_key.private_openssh.encode()
+    write_file(state.user_dir / "id_ed25519", key, 0o600, owner)
+    known = "\n".join(_known_hosts(plan, inputs.secret)) + "\n"
+    write_file(state.user_dir / "known_hosts", known.encode(), 0o644, owner)
+    vms = [
+        {"index": vm.index, "hostname": vm.hostname, "address": vm.address, "rank": vm.rank,
+         "vcpus": vm.vcpus, "ram_mb": vm.ram_mb, "name": vm.name}
+        for vm in plan.all_vms
+    ]  # fmt: skip
+    info = {"jobid": plan.alloc.jobid, "vms": vms, "written": time.time()}
+    write_file(state.user_dir / "vms.json", json.dumps(info, indent=1).encode(), 0o644, owner)

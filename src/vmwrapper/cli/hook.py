@@ -1,0 +1,119 @@
+"""``vm-wrapper hook BACKEND EVENT ARGV...``: the root entry point of every batch hook.
+
+The user reads one line on stderr (Torque puts the mother superior's into the job's error
+file); details and tracebacks go to syslog and to LOG_DIR/<job>.log, never to the user.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+from pathlib import Path
+
+from vmwrapper import config as config_mod
+from vmwrapper.batch.hookctx import HookContext
+from vmwrapper.errors import PermanentJobError, RequestError, VmWrapperError
+
+log = logging.getLogger("vmwrapper")
+LOG_DIR = Path("/var/log/vm-wrapper")
+
+
+def run(args: list[str]) -> int:
+    if len(args) < 2:
+        print("usage: vm-wrapper hook torque|slurm EVENT [ARGS...]", file=sys.stderr)
+        return 2
+    backend, event, argv = args[0], args[1], args[2:]
+    os.umask(0o077)
+    if backend == "torque":
+        return _torque(event, argv)
+    print(f"vm-wrapper: unknown hook backend {backend!r}", file=sys.stderr)
+    return 2
+
+
+def _torque(event: str, argv: list[str]) -> int:
+    from vmwrapper.batch import torque_hooks  # noqa: PLC0415
+
+    try:
+        ctx = torque_hooks.parse(event, argv, dict(os.environ))
+    except VmWrapperError as err:
+        print(f"vm-wrapper: {err.message}", file=sys.stderr)
+        return torque_hooks.ABORT if event == "prologue" else 0
+    _setup_logging(ctx)
+    if ctx.event == "precancel":
+        return 0  # the job owner's hook: the job wrapper stops its remote process itself
+    if ctx.event == "epilogue":
+        return _epilogue(ctx)
+    outcome = _prologue(ctx)
+    if outcome is None:
+        return torque_hooks.RUN
+    permanent, attempts_left = outcome
+    return torque_hooks.prologue_exit_code(ctx, permanent=permanent, attempts_left=attempts_left)
+
+
+def _prologue(ctx: HookContext) -> tuple[bool, bool] | None:
+    """None on success, else (permanent, attempts_left)."""
+    from vmwrapper import boot, node  # noqa: PLC0415  (only VM jobs pay for these imports)
+
+    config = None
+    try:
+        config = config_mod.load()
+        node.prologue(ctx, config, boot.boot_node)
+        return None
+    except VmWrapperError as err:
+        permanent = isinstance(err, (RequestError, PermanentJobError))
+        _report(ctx, err.lines())
+    except Exception:
+        log.exception("unexpected failure")
+        permanent = False
+        _report(ctx, ["internal error while booting the VMs (see the node's vm-wrapper log)"])
+    attempts = _attempts(ctx, config)
+    limit = config.MAX_PROLOGUE_ATTEMPTS if config else 1
+    if not permanent and attempts >= limit:
+        _report(ctx, [f"giving up after {attempts} attempts to boot the VMs"])
+    return permanent, attempts < limit
+
+
+def _attempts(ctx: HookContext, config: config_mod.Config | None) -> int:
+    if config is None:
+        return 1
+    from vmwrapper import node  # noqa: PLC0415
+
+    return node.node_state(config, ctx.jobid, ctx.rank or 0).attempts()
+
+
+def _epilogue(ctx: HookContext) -> int:
+    from vmwrapper import node  # noqa: PLC0415
+
+    try:
+        node.epilogue(ctx, config_mod.load())
+    except VmWrapperError as err:
+        _report(ctx, err.lines())
+    except Exception:
+        log.exception("unexpected failure in teardown")
+        _report(ctx, ["internal error during VM teardown (see the node's vm-wrapper log)"])
+    return 0  # Torque ignores epilogue failures; `vm-wrapper reap` finishes the job later
+
+
+def _report(ctx: HookContext, lines: list[str]) -> None:
+    for line in lines:
+        log.error("%s %s: %s", ctx.event, ctx.jobid, line)
+        print(f"vm-wrapper: job {ctx.jobid}: {line}", file=sys.stderr)
+
+
+def _setup_logging(ctx: HookContext) -> None:
+    log.setLevel(logging.INFO)
+    fmt = logging.Formatter("%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    if os.path.exists("/dev/log"):
+        syslog = logging.handlers.SysLogHandler(address="/dev/log")
+        syslog.setFormatter(logging.Formatter("vm-wrapper[%(process)d]: %(message)s"))
+        log.addHandler(syslog)
+    try:
+        LOG_DIR.mkdir(mode=0o700, exist_ok=True)
+        name = "".join(c if c.isalnum() or c in "._-" else "_" for c in ctx.jobid)
+        handler = logging.FileHandler(LOG_DIR / f"{name}.log")
+        handler.setFormatter(fmt)
+        log.addHandler(handler)
+    except OSError:
+        pass  # logging must never stop a hook

@@ -1,0 +1,273 @@
+"""What a node does for a VM job: boot its VMs (prologue) and remove everything (epilogue).
+
+Runs as root. It reads the request only from the batch system's own root-owned copy of the
+job script, re-validates it against the admin config as if the qsub wrapper did not exist,
+journals every resource before creating it, and tears down whatever it created when any
+step fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import re
+import socket
+import stat
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmwrapper import requestblock
+from vmwrapper.batch.hookctx import HookContext
+from vmwrapper.config import Config
+from vmwrapper.errors import NodeError, PermanentJobError, RequestError, VmWrapperError
+from vmwrapper.hypervisor import Hypervisor
+from vmwrapper.plan import Allocation, JobPlan, job_tag, make_plan
+from vmwrapper.request import VmRequest, validate
+from vmwrapper.state import NodeState, job_dirs
+
+log = logging.getLogger(__name__)
+MAX_SCRIPT_BYTES = 16 * 1024 * 1024
+_USER_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}\Z")
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+def read_batch_script(path: str) -> bytes:
+    """The batch system's copy of the job script: root-owned regular file, no symlink."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as err:
+        raise PermanentJobError(f"cannot open the job script copy {path}: {err.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != 0:
+            raise PermanentJobError(f"job script copy {path} is not a root-owned regular file")
+        data = handle.read(MAX_SCRIPT_BYTES + 1)
+    if len(data) > MAX_SCRIPT_BYTES:
+        raise PermanentJobError("job script is larger than 16 MiB")
+    return data
+
+
+def account_of(user: str) -> Account:
+    if not _USER_RE.match(user):
+        raise PermanentJobError(f"job user {user[:40]!r} is not a valid user name")
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise PermanentJobError(f"job user {user!r} is unknown on this node") from None
+    if entry.pw_uid == 0:
+        raise PermanentJobError("VM jobs of root are not allowed")
+    return Account(user, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+
+
+def check_site(config: Config, hostname: str) -> None:
+    if config.DISABLE_VM_WRAPPER:
+        raise PermanentJobError("VM jobs are disabled on this site (DISABLE_VM_WRAPPER)")
+    pattern = config.DISABLED_HOSTS_LIST
+    if pattern and re.fullmatch(pattern, hostname):
+        raise PermanentJobError(f"VM jobs may not run on host {hostname} (DISABLED_HOSTS_LIST)")
+
+
+def short_hostname() -> str:
+    return socket.gethostname().split(".")[0]
+
+
+# -- prologue ------------------------------------------------------------------------------
+
+
+def load_request(ctx: HookContext, config: Config) -> tuple[VmRequest, requestblock.RequestBlock]:
+    """The job's request, re-validated; raises if the script carries none."""
+    block = requestblock.find(read_batch_script(ctx.script_path))
+    if block is None:
+        raise PermanentJobError("the job script carries no VM request")
+    check_site(config, short_hostname())
+    return validate(block.vm, config), block
+
+
+def plan_for(ctx: HookContext, request: VmRequest, account: Account, config: Config) -> JobPlan:
+    alloc = Allocation(
+        jobid=ctx.jobid,
+        user=account.name,
+        uid=account.uid,
+        gid=account.gid,
+        home=account.home,
+        num_nodes=ctx.num_nodes,
+        rank=ctx.rank or 0,
+        cores_on_node=ctx.cores_on_node,
+    )
+    host_cpus = tuple(sorted(os.sched_getaffinity(0)))
+    return make_plan(request, alloc, config, host_cpus)
+
+
+def node_state(config: Config, jobid: str, rank: int) -> NodeState:
+    return NodeState(Path(config.STATE_DIR), job_tag(jobid), rank)
+
+
+def prologue(ctx: HookContext, config: Config, boot: Callable[..., None]) -> NodeState:
+    """Boot this node's VMs. On failure everything this node created is gone again."""
+    request, block = load_request(ctx, config)
+    account = account_of(ctx.user)
+    plan = plan_for(ctx, request, account, config)
+    state = node_state(config, ctx.jobid, plan.alloc.rank)
+    hypervisor = Hypervisor(config.LIBVIRT_URI)
+    if state.exists():  # an earlier attempt of this job died here: start clean
+        teardown(state, hypervisor, config)
+    state.create()
+    state.bump_attempts()
+    state.record("jobid", ctx.jobid)
+    try:
+        boot(plan=plan, block=block, state=state, hypervisor=hypervisor, config=config)
+        if ctx.first_node:
+            wait_for_other_nodes(plan, config)
+    except BaseException:
+        log.exception("boot failed; tearing down what this node created")
+        teardown(state, hypervisor, config)
+        raise
+    return state
+
+
+def wait_for_other_nodes(plan: JobPlan, config: Config, seconds: float = 60) -> None:
+    """Sisters boot before the first node's prologue starts: their VMs must answer now."""
+    deadline = time.monotonic() + seconds
+    for vm in plan.all_vms:
+        if vm.rank == plan.alloc.rank:
+            continue
+        while not ssh_banner(vm.address):
+            if time.monotonic() > deadline:
+                raise PermanentJobError(
+                    f"VM {vm.hostname} ({vm.address}) on node rank {vm.rank} did not answer; "
+                    "its node failed to boot it (see that node's vm-wrapper log)"
+                )
+            time.sleep(1)
+
+
+def ssh_banner(address: str, port: int = 22, timeout: float = 3) -> bool:
+    """Positive sign of life: the guest's sshd sends its banner."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as sock:
+            return sock.recv(8).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+# -- epilogue and reap ---------------------------------------------------------------------
+
+
+def teardown(state: NodeState, hypervisor: Hypervisor, config: Config) -> None:
+    """Remove every resource in the journal, newest first. Idempotent; never raises for
+    something already gone. Domains stop concurrently, each with a graceful deadline."""
+    entries = state.entries()
+    domains = [e["value"] for e in entries if e["kind"] == "domain"]
+    if domains:
+        try:
+            with ThreadPoolExecutor(max_workers=min(8, len(domains))) as pool:
+                list(pool.map(lambda n: hypervisor.stop(n, config.SHUTDOWN_TIMEOUT), domains))
+        except VmWrapperError as err:
+            log.error("cannot stop VMs: %s", err.message)
+            raise
+    for entry in reversed(entries):
+        if entry["kind"] in ("file", "dir"):
+            _remove_path(Path(entry["value"]), is_dir=entry["kind"] == "dir")
+    state.remove_node_dir()
+
+
+def _remove_path(path: Path, *, is_dir: bool) -> None:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if is_dir and stat.S_ISDIR(info.st_mode):
+        try:
+            os.rmdir(path)
+        except OSError as err:
+            log.warning("leaving non-empty %s: %s", path, err.strerror)
+    elif not is_dir:
+        os.unlink(path)
+
+
+def epilogue(ctx: HookContext, config: Config) -> None:
+    hypervisor = Hypervisor(config.LIBVIRT_URI)
+    ranks = [ctx.rank] if ctx.rank is not None else _ranks_on_host(config, ctx.jobid)
+    for rank in ranks:
+        state = node_state(config, ctx.jobid, rank)
+        if state.exists():
+            teardown(state, hypervisor, config)
+        if ctx.job_ran:
+            state.forget_attempts()
+    if ctx.first_node:
+        _remove_user_dir(config, ctx.jobid)
+
+
+def _ranks_on_host(config: Config, jobid: str) -> list[int]:
+    job_dir = Path(config.STATE_DIR) / "jobs" / job_tag(jobid)
+    if not job_dir.is_dir():
+        return []
+    return sorted(
+        int(p.name[4:]) for p in job_dir.iterdir() if p.name.startswith("node") and
+        p.name[4:].isdigit()
+    )  # fmt: skip
+
+
+def _remove_user_dir(config: Config, jobid: str) -> None:
+    from vmwrapper.state import _rmtree  # noqa: PLC0415
+
+    job_dir = Path(config.STATE_DIR) / "jobs" / job_tag(jobid)
+    _rmtree(job_dir / "user")
+    if job_dir.is_dir() and not any(job_dir.iterdir()):
+        job_dir.rmdir()
+
+
+def reap(config: Config, job_is_active: Callable[[str], bool]) -> list[str]:
+    """Tear down state and domains of jobs that no longer run on this host."""
+    hypervisor = Hypervisor(config.LIBVIRT_URI)
+    reaped: list[str] = []
+    for job_dir in job_dirs(Path(config.STATE_DIR)):
+        jobid = _jobid_of(job_dir)
+        if jobid is None or job_is_active(jobid):
+            continue
+        for node_dir in job_dir.glob("node*"):
+            rank_text = node_dir.name[4:]
+            if rank_text.isdigit():
+                teardown(NodeState(Path(config.STATE_DIR), job_dir.name, int(rank_text)),
+                         hypervisor, config)  # fmt: skip
+        _remove_user_dir(config, jobid)
+        reaped.append(jobid)
+    known = {job_dir.name for job_dir in job_dirs(Path(config.STATE_DIR))}
+    for name in hypervisor.names():
+        tag = _tag_of_domain(name)
+        if tag is not None and tag not in known:
+            hypervisor.stop(name, 0)  # no state at all: a crash before the journal existed
+            reaped.append(name)
+    return reaped
+
+
+def _jobid_of(job_dir: Path) -> str | None:
+    for node_dir in sorted(job_dir.glob("node*")):
+        state = NodeState(job_dir.parent.parent, job_dir.name, 0)
+        state.journal = node_dir / "journal"
+        for entry in state.entries():
+            if entry["kind"] == "jobid":
+                return str(entry["value"])
+    return None
+
+
+def _tag_of_domain(name: str) -> str | None:
+    match = re.fullmatch(r"vmw-(.+)-[0-9]+", name)
+    return match.group(1) if match else None
+
+
+def is_request_error(err: BaseException) -> bool:
+    return isinstance(err, (RequestError, PermanentJobError))
+
+
+__all__ = ["NodeError", "epilogue", "prologue", "reap", "teardown"]
