@@ -152,7 +152,7 @@ def shares_for(config: Config) -> tuple[tuple[str, str], ...]:
 
 
 def _start_vm(
-    vm: VmSpec, plan: JobPlan, inputs: NodeInputs, state: NodeState, hypervisor: Hypervisor,
+    vm: VmSpec, *, plan: JobPlan, inputs: NodeInputs, state: NodeState, hypervisor: Hypervisor,
     config: Config,
 ) -> BootWatch:  # fmt: skip
     from vmwrapper import render, seed, xmlcheck  # noqa: PLC0415
