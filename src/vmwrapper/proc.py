@@ -81,6 +81,25 @@ def run(
     return Result(shown, proc.returncode, out, err_text)
 
 
+def spawn(
+    argv: Sequence[str], *, env: Mapping[str, str] | None = None, stdin_pipe: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start argv with this process's stdout/stderr, so its output streams straight through
+    (the job's output files). The caller waits; used for ssh into VMs and job launches."""
+    args = [str(a) for a in argv]
+    log.debug("spawn: %s", " ".join(args))
+    try:
+        return subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE if stdin_pipe else None,
+            env=None if env is None else dict(env),
+        )
+    except OSError as err:
+        raise CommandError(
+            f"cannot run {args[0]}: {err.strerror}", argv=args, returncode=None
+        ) from None
+
+
 def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
     """Signal a whole process group; it may already be gone."""
     with contextlib.suppress(ProcessLookupError):

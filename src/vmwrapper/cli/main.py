@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-config": ("admin", "print the effective config and its problems"),
     "qsub": ("qsub", "the Torque qsub wrapper (what src/scripts/qsub runs)"),
     "hook": ("hook", "root batch hook: hook torque|slurm EVENT ARGS..."),
+    "job-run": ("jobrun", "run the job inside its first VM (the job wrapper execs this)"),
 }
 
 

@@ -1,0 +1,166 @@
+"""The job wrapper: run the user's script inside the job's first VM, as the same user.
+
+It runs where the batch system runs the job script (the first node), as the job user. The
+hooks already booted every VM and left what this needs in STATE_DIR/jobs/<tag>/user/: the
+job's SSH key, a known_hosts file with every VM's (derived) host key, and vms.json. Output
+streams straight through ssh into the job's output files; the exit status comes back
+exactly (128+n when the job died of signal n).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from vmwrapper import jobenv, proc
+from vmwrapper.config import Config
+from vmwrapper.errors import CommandError, NodeError, PermanentJobError
+from vmwrapper.plan import job_tag
+
+SSH = "/usr/bin/ssh"
+READY_WAIT_SECONDS = 120
+EXIT_SETUP_FAILED = 125  # like env(1)/runners: the job itself never started
+
+
+@dataclass(frozen=True)
+class JobFiles:
+    key: Path
+    known_hosts: Path
+    vms: list[dict[str, Any]]
+    user_dir: Path
+
+
+def job_id(env: dict[str, str]) -> str:
+    for name in ("PBS_JOBID", "SLURM_JOB_ID", "VMW_JOBID"):
+        if env.get(name):
+            return env[name]
+    raise PermanentJobError("no job id in the environment (PBS_JOBID, SLURM_JOB_ID, VMW_JOBID)")
+
+
+def load_job_files(config: Config, jobid: str) -> JobFiles:
+    user_dir = Path(config.STATE_DIR) / "jobs" / job_tag(jobid) / "user"
+    try:
+        vms = json.loads((user_dir / "vms.json").read_text())["vms"]
+    except (OSError, ValueError, KeyError) as err:
+        raise NodeError(
+            f"the job's VMs are not set up on this node ({err.__class__.__name__})"
+        ) from None
+    return JobFiles(user_dir / "id_ed25519", user_dir / "known_hosts", vms, user_dir)
+
+
+def ssh_argv(files: JobFiles, user: str, address: str, *, tty: bool = False) -> list[str]:
+    """ssh into one VM, with host keys verified against the job's known_hosts."""
+    return [
+        SSH, "-t" if tty else "-T", "-i", str(files.key),
+        "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+        "-o", f"UserKnownHostsFile={files.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10",
+        "-o", "ServerAliveInterval=30", "-o", "LogLevel=ERROR",
+        f"{user}@{address}",
+    ]  # fmt: skip
+
+
+def wait_until_answering(files: JobFiles, seconds: float = READY_WAIT_SECONDS) -> None:
+    """Every VM's sshd must answer (bounded), else one clear line naming the VM."""
+    from vmwrapper.node import ssh_banner  # noqa: PLC0415
+
+    deadline = time.monotonic() + seconds
+    for vm in files.vms:
+        while not ssh_banner(vm["address"]):
+            if time.monotonic() > deadline:
+                raise NodeError(f"VM {vm['hostname']} ({vm['address']}) does not answer")
+            time.sleep(1)
+
+
+def runner_script(payload: dict[str, Any], files: JobFiles, env: dict[str, str]) -> str:
+    """The sh script that runs the job inside vm0 (rendered from runner.sh.j2)."""
+    from vmwrapper.render import render_template  # noqa: PLC0415
+
+    tag = job_tag(job_id(env))
+    workdir = f"/tmp/vmw-{tag}"
+    hostnames = [vm["hostname"] for vm in files.vms]
+    vcpus = [int(vm["vcpus"]) for vm in files.vms]
+    guest_env = jobenv.guest_environment(
+        env, nodefile=f"{workdir}/nodefile", hostnames=hostnames, vcpus=vcpus
+    )
+    script = base64.b64decode(payload["script"])
+    shell = payload.get("shell") or ""
+    command = '"$d/job"' if script.startswith(b"#!") and not shell else (
+        f'{shlex.quote(shell or "/bin/bash")} "$d/job"')  # fmt: skip
+    cwd = env.get("PBS_O_WORKDIR") or env.get("SLURM_SUBMIT_DIR") or env.get("HOME", "~")
+    values = {
+        "workdir_q": shlex.quote(workdir),
+        "nodefile_q": shlex.quote(jobenv.nodefile_text(hostnames, vcpus)),
+        "script_b64_q": shlex.quote(str(payload["script"])),
+        "env_q": sorted((k, shlex.quote(v)) for k, v in guest_env.items()),
+        "cwd_q": shlex.quote(cwd),
+        "cwd_msg": "".join(c for c in cwd if c.isprintable() and c not in "\"'`$"),
+        "command": command,
+        "args_q": " ".join(shlex.quote(str(a)) for a in payload.get("args", [])),
+    }
+    return render_template("runner.sh.j2", values)
+
+
+def run_in_vm(payload: dict[str, Any], config: Config, env: dict[str, str]) -> int:
+    jobid = job_id(env)
+    files = load_job_files(config, jobid)
+    wait_until_answering(files)
+    user = env.get("USER") or env.get("LOGNAME") or ""
+    first = files.vms[0]["address"]
+    script = runner_script(payload, files, env)
+    child = proc.spawn([*ssh_argv(files, user, first), "/bin/sh", "-s"], stdin_pipe=True)
+    _forward_termination(child, files, user, first, job_tag(jobid))
+    assert child.stdin is not None
+    try:
+        child.stdin.write(script.encode())
+        child.stdin.close()
+    except BrokenPipeError:
+        pass
+    code = child.wait()
+    if code == 255:
+        print(f"vm-wrapper: lost the connection to {files.vms[0]['hostname']}", file=sys.stderr)
+    return code
+
+
+def _forward_termination(
+    child: subprocess.Popen[bytes], files: JobFiles, user: str, address: str, tag: str
+) -> None:
+    """qdel/scancel send SIGTERM here: stop the job's process group inside the VM too."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        kill = f'kill -TERM -- -"$(cat /tmp/vmw-{tag}/pid)" 2>/dev/null'
+        with contextlib.suppress(CommandError):
+            proc.run([*ssh_argv(files, user, address), kill], timeout=15, ok_codes=range(256))
+        child.send_signal(signal.SIGTERM)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, handler)
+
+
+def read_payload(text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(base64.b64decode("".join(text.split())))
+    except ValueError:
+        raise PermanentJobError("the job wrapper's payload is damaged") from None
+    if not isinstance(data, dict) or data.get("v") != 1 or "script" not in data:
+        raise PermanentJobError("the job wrapper's payload has an unknown format")
+    return data
+
+
+def main_job_run(stdin_text: str, config: Config) -> int:
+    payload = read_payload(stdin_text)
+    # The payload came on stdin (a heredoc); the job itself reads /dev/null, as batch jobs do.
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    return run_in_vm(payload, config, dict(os.environ))
