@@ -55,6 +55,7 @@ def run(
             env=child_env,
             start_new_session=True,  # so a timeout can kill the whole group
             text=True,
+            errors="surrogateescape",  # bytes that are not UTF-8 survive a round trip
         )
     except OSError as err:
         raise CommandError(
