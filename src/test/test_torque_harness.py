@@ -7,6 +7,7 @@ those records with the Torque 6.1 contract (DESIGN.md section 4, reference/batch
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
@@ -167,6 +168,20 @@ def make_job(user: JobUser, workdir: Path, **kw: Any) -> Job:
     return Job(user=user, script=MARKER_SCRIPT, workdir=workdir, name="stubjob", **kw)
 
 
+@contextlib.contextmanager
+def stdin_is_a_pipe() -> Iterator[None]:
+    """Make this process's fd 0 a pipe, so a hook that inherits stdin would show it."""
+    read_end, write_end = os.pipe()
+    saved = os.dup(0)
+    os.dup2(read_end, 0)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 0)
+        for fd in (saved, read_end, write_end):
+            os.close(fd)
+
+
 def flag_job(flag: list[int], code: int = 0) -> Callable[[JobContext], int]:
     """A callable payload that records that it ran."""
 
@@ -260,7 +275,8 @@ def test_single_node_prologue_and_epilogue_invocation(
     stubs.write("epilogue", "echo epilogue-out; exit 0")
     site = make_site(base, stubs)
     job = make_job(user, workdir, jobid="7.vm", payload=["/bin/sh", "-c", "echo job-out; exit 3"])
-    out = site.run(job)
+    with stdin_is_a_pipe():
+        out = site.run(job)
     ms = site.moms[0]
 
     assert (out.state, out.exit_status, out.start_count) == ("completed", 3, 1)
@@ -447,7 +463,8 @@ def test_requeue_loop_ends_when_the_prologue_succeeds(
     counter = base / "count"
     stubs.write(
         "prologue",
-        f"n=$(($(cat {counter} 2>/dev/null || echo 0) + 1)); echo $n > {counter}; [ $n -ge 3 ] || exit 2",
+        f"n=$(($(cat {counter} 2>/dev/null || echo 0) + 1)); echo $n > {counter}; "
+        "[ $n -ge 3 ] || exit 2",
     )
     site = make_site(base, stubs)
     ran: list[int] = []
@@ -656,6 +673,7 @@ def test_qdel_runs_precancel_as_the_owner_then_the_epilogue(
     assert time.monotonic() - began < 30
     assert out.state == "completed" and out.exit_status == 271, "256 + SIGTERM"
     assert out.last.deleted
+    assert [h for _, h in out.order()] == ["epilogue.precancel", "epilogue"]
     (pre,) = stubs.records("epilogue.precancel")
     (epi,) = stubs.records("epilogue")
     assert float(pre["when"]) < float(epi["when"])

@@ -748,6 +748,7 @@ class TorqueSite:
             )
             code = job.payload(ctx)
             rec.deleted, rec.precancel = ctx.deleted, ctx.precancel
+            rec.hooks += [ctx.precancel] if ctx.precancel else []
             rec.job_exit = 256 + signal.SIGTERM if ctx.deleted else code
             return 0
         proc = self._spawn_job(job, job.payload)
@@ -788,6 +789,7 @@ class TorqueSite:
             pass
         rec.deleted = True
         rec.precancel = self.run_precancel(job, proc.pid)
+        rec.hooks.append(rec.precancel)
         kill_session(proc.pid, signal.SIGTERM)
         try:
             return wait_status(proc.wait(timeout=self.kill_delay))
