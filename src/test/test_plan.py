@@ -93,3 +93,10 @@ def test_pinning_uses_cores_after_the_host_reserve() -> None:
     assert [vm.cpuset for vm in plan.vms] == [(1, 2), (3, 4)]
     unpinned = make_plan(validate({}, CFG), alloc(nodes=1), CFG, (0, 1))
     assert unpinned.vms[0].cpuset == ()
+
+
+def test_canonical_request_revalidates_to_the_same_request() -> None:
+    request = validate({"img": "debian12", "vcpus": "2", "ram": "2G", "disk": ""}, CFG)
+    raw = request.to_raw()
+    assert "iocm_min_cores" not in raw and "disk" not in raw
+    assert validate(raw, CFG) == request

@@ -58,6 +58,8 @@ class VmRequest:
         raw: dict[str, str] = {}
         for key, value in asdict(self).items():
             name = "ram" if key == "ram_mb" else key
+            if value == "" or (key.startswith("iocm_") and not self.iocm):
+                continue  # not applicable: re-validation must not see it as a request
             if isinstance(value, bool):
                 raw[name] = "true" if value else "false"
             elif key == "ram_mb":
