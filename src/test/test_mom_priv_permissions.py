@@ -251,12 +251,6 @@ def test_precancel_shim_passes_argv_through_unchanged(
     assert recorded(base) == {"epilogue.precancel": [want]}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mom_priv/epilogue.precancel greps ${11} as the job owner, but pbs_mom keeps the "
-    "job script root-owned 0700 (as the harness models it): grep fails, the shim exits 0 "
-    "and never reaches the hook. The shim needs another way to find VM jobs.",
-)
 def test_precancel_shim_reaches_the_hook_on_qdel(
     base: Path, user: JobUser, workdir: Path, recording_shims: Path
 ) -> None:

@@ -133,6 +133,19 @@ def run_in_vm(payload: dict[str, Any], config: Config, env: dict[str, str]) -> i
     return code
 
 
+def stop_remote(config: Config, jobid: str, user: str) -> bool:
+    """Ask vm0 to SIGTERM the job's process group (qdel). False if this is no VM job here."""
+    try:
+        files = load_job_files(config, jobid)
+    except NodeError:
+        return False
+    kill = f'kill -TERM -- -"$(cat /tmp/vmw-{job_tag(jobid)}/pid)" 2>/dev/null'
+    with contextlib.suppress(CommandError):
+        proc.run([*ssh_argv(files, user, files.vms[0]["address"]), kill], timeout=15,
+                 ok_codes=range(256))  # fmt: skip
+    return True
+
+
 def _forward_termination(
     child: subprocess.Popen[bytes], files: JobFiles, user: str, address: str, tag: str
 ) -> None:

@@ -126,9 +126,11 @@ def prologue(ctx: HookContext, config: Config, boot: Callable[..., None]) -> Nod
     state.bump_attempts()
     state.record("jobid", ctx.jobid)
     try:
-        boot(plan=plan, block=block, state=state, hypervisor=hypervisor, config=config)
         if ctx.first_node:
+            # Torque and our local backend finish every sister's prologue before the first
+            # node's starts: a missing sister VM fails the job now, before a wasted boot.
             wait_for_other_nodes(plan, config)
+        boot(plan=plan, block=block, state=state, hypervisor=hypervisor, config=config)
     except BaseException:
         log.exception("boot failed; tearing down what this node created")
         teardown(state, hypervisor, config)

@@ -42,7 +42,7 @@ def _torque(event: str, argv: list[str]) -> int:
         return torque_hooks.ABORT if event == "prologue" else 0
     _setup_logging(ctx)
     if ctx.event == "precancel":
-        return 0  # the job owner's hook: the job wrapper stops its remote process itself
+        return _precancel(ctx)
     if ctx.event == "epilogue":
         return _epilogue(ctx)
     outcome = _prologue(ctx)
@@ -81,6 +81,17 @@ def _attempts(ctx: HookContext, config: config_mod.Config | None) -> int:
     from vmwrapper import node  # noqa: PLC0415
 
     return node.node_state(config, ctx.jobid, ctx.rank or 0).attempts()
+
+
+def _precancel(ctx: HookContext) -> int:
+    """As the job owner on qdel: stop the job inside vm0 before pbs_mom kills the wrapper."""
+    from vmwrapper.jobrun import stop_remote  # noqa: PLC0415
+
+    try:
+        stop_remote(config_mod.load(), ctx.jobid, ctx.user)
+    except VmWrapperError as err:
+        _report(ctx, err.lines())
+    return 0
 
 
 def _epilogue(ctx: HookContext) -> int:
