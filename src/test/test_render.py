@@ -48,6 +48,7 @@ def site_config(tmp_path: Path, text: str = "") -> Config:
     """Defaults, plus ``text`` as a site config file when given."""
     if not text:
         return config.load([])
+    tmp_path.mkdir(parents=True, exist_ok=True)
     conf = tmp_path / "vm-wrapper.conf"
     conf.write_text(text, encoding="utf-8")
     return config.load([conf])
