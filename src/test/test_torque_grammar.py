@@ -1,0 +1,244 @@
+"""Torque 6.1 qsub grammar: argv, #PBS directives, resource raising (pure)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vmwrapper.batch import torque
+
+# Torque 6.1's getopt string (src/cmds/qsub_functions.c, non-PBS_NO_POSIX_VIOLATION build).
+TORQUE_61_GETOPT = "a:A:b:c:C:d:D:e:EfF:hi:Ij:J:k:K:l:L:m:M:nN:o:p:P:q:r:S:t:T:u:v:Vw:W:Xxz-:"
+
+
+def test_option_tables_match_torque_getopt_string() -> None:
+    letters = [c for c in TORQUE_61_GETOPT if c != ":"]
+    takes = {c for i, c in enumerate(TORQUE_61_GETOPT[:-1]) if TORQUE_61_GETOPT[i + 1] == ":"}
+    assert set(torque.WITH_VALUE) == takes - {"-"}
+    assert set(torque.FLAGS) == set(letters) - takes
+    assert not torque.FLAGS & torque.WITH_VALUE
+
+
+def opts(args: list[str]) -> list[tuple[str, str | None]]:
+    return torque.parse_argv(args).options()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["-l", "nodes=2"], [("l", "nodes=2")]),
+        (["-lnodes=2"], [("l", "nodes=2")]),
+        (["-hz"], [("h", None), ("z", None)]),
+        (["-hlnodes=1"], [("h", None), ("l", "nodes=1")]),
+        (["-hl", "nodes=1"], [("h", None), ("l", "nodes=1")]),
+        (["-N", "-vm"], [("N", "-vm")]),  # an option's value is never an option
+        (["--version"], [("-", "version")]),
+        (["-F", "a b c"], [("F", "a b c")]),
+    ],
+)
+def test_options_separate_attached_and_bundled(
+    args: list[str], expected: list[tuple[str, str | None]]
+) -> None:
+    parsed = torque.parse_argv(args)
+    assert parsed.options() == expected
+    assert parsed.problems == []
+
+
+def test_script_is_first_operand_and_options_after_it_still_count() -> None:
+    parsed = torque.parse_argv(["-N", "x", "job.sh", "-q", "short"])
+    assert parsed.script() == "job.sh"
+    assert parsed.options() == [("N", "x"), ("q", "short")]
+
+
+def test_posixly_correct_stops_options_at_the_script() -> None:
+    parsed = torque.parse_argv(["job.sh", "-q", "short"], permute=False)
+    assert parsed.operands() == ["job.sh", "-q", "short"]
+    assert parsed.options() == []
+
+
+def test_double_dash_ends_options() -> None:
+    parsed = torque.parse_argv(["-q", "a", "--", "-vm", "job.sh"])
+    assert parsed.operands() == ["-vm", "job.sh"]
+    assert not parsed.has(torque.VM)
+    assert [i.kind for i in parsed.items] == [torque.OPTIONS, torque.END, "operand", "operand"]
+
+
+@pytest.mark.parametrize("args", [[], ["-q", "x"], ["-"], ["-q", "x", "-"]])
+def test_no_script_or_dash_means_stdin(args: list[str]) -> None:
+    assert torque.parse_argv(args).script() is None
+
+
+def test_vm_option_and_dry_run_are_ours() -> None:
+    parsed = torque.parse_argv(["-vm", "img=a", "--vm-dry-run", "-vm", "vcpus=2", "j.sh"])
+    assert parsed.vm_values() == ["img=a", "vcpus=2"]
+    assert parsed.has(torque.DRY_RUN)
+    assert parsed.options() == []
+    assert parsed.script() == "j.sh"
+
+
+def test_items_cover_argv_words_exactly() -> None:
+    args = ["-hlnodes=1", "-N", "x", "-vm", "img=a", "job.sh", "-q", "b"]
+    parsed = torque.parse_argv(args)
+    spans = [(i.start, i.stop) for i in parsed.items]
+    assert spans == [(0, 1), (1, 3), (3, 5), (5, 6), (6, 8)]
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["-N"], "qsub option -N needs a value"),
+        (["-vm"], "-vm needs a value"),
+        (["-Q"], "unknown qsub option -Q"),
+    ],
+)
+def test_grammar_problems(args: list[str], problem: str) -> None:
+    problems = torque.parse_argv(args).problems
+    assert len(problems) == 1 and problems[0].startswith(problem)
+
+
+@given(st.lists(st.text(max_size=12), max_size=12))
+def test_parse_argv_never_raises_and_covers_every_word(args: list[str]) -> None:
+    parsed = torque.parse_argv(args)
+    covered = [n for item in parsed.items for n in range(item.start, item.stop)]
+    assert covered == list(range(len(args)))
+
+
+# -- directives --------------------------------------------------------------------------
+
+
+def directives(text: str, prefix: str = "#PBS") -> list[list[str]]:
+    found, problems = torque.find_directives(text.split("\n"), prefix)
+    assert problems == []
+    return [d.words for d in found]
+
+
+def test_directives_stop_at_the_first_command() -> None:
+    script = "#!/bin/bash\n\n# comment\n#PBS -N a\n  #PBS -q b\nexport X=1\n#PBS -N late\n"
+    assert directives(script) == [["-N", "a"], ["-q", "b"]]
+
+
+def test_colon_lines_are_not_commands_but_indented_ones_are() -> None:
+    assert directives(": ${X:=1}\n#PBS -N a\n") == [["-N", "a"]]
+    assert directives("  : x\n#PBS -N a\n") == []
+
+
+def test_directive_words_split_like_torque_make_argv() -> None:
+    assert directives("#PBS -N \"my job\" -v A='x y',B=\\$z\n") == [
+        ["-N", "my job", "-v", "A=x y,B=$z"]
+    ]
+
+
+def test_continuation_lines_join() -> None:
+    found, _ = torque.find_directives(["#PBS -l nodes=1 \\", "  -N joined", "echo"], "#PBS")
+    assert [(d.first, d.last, d.words) for d in found] == [
+        (0, 1, ["-l", "nodes=1", "-N", "joined"])
+    ]
+
+
+def test_custom_and_empty_prefix() -> None:
+    script = "#MY -N a\n#PBS -N b\n"
+    assert directives(script, "#MY") == [["-N", "a"]]
+    assert directives(script, "") == []
+
+
+def test_prefix_from_command_line_then_environment() -> None:
+    assert torque.directive_prefix(torque.parse_argv(["-C", "#X"]), {"PBS_DPREFIX": "#Y"}) == "#X"
+    assert torque.directive_prefix(torque.parse_argv(["-C#X"]), {}) == "#X"
+    assert torque.directive_prefix(torque.parse_argv([]), {"PBS_DPREFIX": "#Y"}) == "#Y"
+    assert torque.directive_prefix(torque.parse_argv([]), {}) == "#PBS"
+
+
+def test_unmatched_quote_is_a_problem_with_its_line() -> None:
+    _, problems = torque.find_directives(["#!/bin/sh", '#PBS -N "x'], "#PBS")
+    assert problems == ['script line 2: unmatched " in directive']
+
+
+def test_vm_directives_found_and_removed_from_kept_lines() -> None:
+    lines = ["#!/bin/sh", "#PBS -N a", "#PBS -vm img=x", "#PBS -q b -vm vcpus=2", "echo"]
+    found, _ = torque.find_directives(lines, "#PBS")
+    assert [d.parsed.vm_values() for d in found] == [[], ["img=x"], ["vcpus=2"]]
+    assert torque.kept_directive_lines(found, lines, "#PBS") == ["#PBS -N a", "#PBS -q b"]
+
+
+@given(st.lists(st.text(min_size=0, max_size=10), max_size=6))
+def test_quote_word_round_trips_through_split_words(words: list[str]) -> None:
+    words = [w.replace("\x00", "") for w in words]
+    line = " ".join(torque.quote_word(w) for w in words)
+    assert torque.split_words(line) == (words, "")
+
+
+# -- resources ---------------------------------------------------------------------------
+
+
+def test_merge_resources_later_wins() -> None:
+    merged = torque.merge_resources(["nodes=1,walltime=1:00:00", "nodes=2:ppn=4"])
+    assert merged == {"nodes": "2:ppn=4", "walltime": "1:00:00"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "ppn", "expected"),
+    [
+        ("1", 3, ("1:ppn=3", 1)),
+        ("2", 1, ("2", 2)),
+        ("2:ppn=8", 3, ("2:ppn=8", 2)),
+        ("2:ppn=2:gpus=1", 3, ("2:ppn=3:gpus=1", 2)),
+        ("2:ppn=4+node05:ppn=1", 4, ("2:ppn=4+node05:ppn=4", 3)),
+        ("node01+node02", 2, ("node01:ppn=2+node02:ppn=2", 2)),
+        ("2#excl", 2, ("2:ppn=2#excl", 2)),
+    ],
+)
+def test_raise_nodes(spec: str, ppn: int, expected: tuple[str, int]) -> None:
+    assert torque.raise_nodes(spec, ppn) == expected
+
+
+@pytest.mark.parametrize("spec", ["", "2:ppn=", "2:ppn=x", "+1", "1:ppn=1:ppn=2"])
+def test_raise_nodes_refuses_what_it_cannot_read(spec: str) -> None:
+    assert torque.raise_nodes(spec, 2) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("512mb", 512 * 1024**2),
+        ("4gb", 4 * 1024**3),
+        ("4G", 4 * 1024**3),
+        ("2048kb", 2 * 1024**2),
+        ("100", 100),
+        ("100b", 100),
+        ("2w", 16),
+        ("1kw", 8192),
+        ("x", None),
+        ("gb", None),
+        ("", None),
+    ],
+)
+def test_size_bytes(text: str, expected: int | None) -> None:
+    assert torque.size_bytes(text) == expected
+
+
+def test_raise_resources_adds_nodes_and_mem_when_absent() -> None:
+    result = torque.raise_resources({"walltime": "1:00:00"}, cores=3, node_ram_mb=2304)
+    assert result.changes == [("nodes", None, "1:ppn=3"), ("mem", None, "2304mb")]
+    assert result.option_value() == "nodes=1:ppn=3,mem=2304mb"
+
+
+def test_raise_resources_counts_every_node_for_mem() -> None:
+    result = torque.raise_resources({"nodes": "2:ppn=4+1", "mem": "1gb"}, 4, 1000)
+    assert result.nodes == 3
+    assert result.option_value() == "nodes=2:ppn=4+1:ppn=4,mem=3000mb"
+
+
+def test_raise_resources_changes_nothing_when_enough() -> None:
+    result = torque.raise_resources({"nodes": "1:ppn=8", "mem": "64gb"}, 3, 4096)
+    assert result.changes == [] and result.option_value() == "" and result.problems == []
+
+
+def test_raise_resources_reports_unreadable_values() -> None:
+    assert torque.raise_resources({"nodes": "1:ppn=x"}, 2, 10).problems[0].startswith("-l nodes=")
+    assert torque.raise_resources({"mem": "lots"}, 2, 10).problems[0].startswith("-l mem=lots")
+
+
+def test_whole_node_problems() -> None:
+    problems = torque.whole_node_problems({"procs": "4", "nodes": "1"}, ["L", "l"])
+    assert [p.split(":")[0] for p in problems] == ["-l procs=4", "-L"]
