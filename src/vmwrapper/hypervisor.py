@@ -65,6 +65,23 @@ class Hypervisor:
     def names(self, prefix: str = DOMAIN_PREFIX) -> list[str]:
         return sorted(d.name() for d in self.conn.listAllDomains() if d.name().startswith(prefix))
 
+    def our_domains(self) -> dict[str, str]:
+        """{domain name: job id} of the domains vm-wrapper started, known by our namespaced
+        <metadata> element, not by name: a foreign domain called vmw-* is left alone."""
+        from vmwrapper.render import XMLNS  # noqa: PLC0415
+
+        libvirt = _libvirt()
+        found: dict[str, str] = {}
+        for domain in self.conn.listAllDomains():
+            try:
+                meta = domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, XMLNS, 0)
+            except libvirt.libvirtError:
+                continue
+            jobid = _element_text(meta, "jobid")
+            if jobid:
+                found[domain.name()] = jobid
+        return found
+
     def stop(self, name: str, grace_seconds: float) -> None:
         """ACPI shutdown, wait up to grace_seconds, then destroy. Gone already is fine."""
         libvirt = _libvirt()
@@ -83,6 +100,20 @@ class Hypervisor:
                 domain.destroy()
         with contextlib.suppress(libvirt.libvirtError):
             domain.undefine()  # only if someone made it persistent
+
+
+def _element_text(xml: str, tag: str) -> str:
+    """Text of the first <tag> child in a small metadata snippet we wrote ourselves."""
+    import xml.etree.ElementTree as ET  # noqa: PLC0415
+
+    try:
+        root = ET.fromstring(xml)  # noqa: S314  (our own element, read back from libvirt)
+    except ET.ParseError:
+        return ""
+    for element in root.iter():
+        if element.tag.rsplit("}", 1)[-1] == tag:
+            return (element.text or "").strip()
+    return root.attrib.get(tag, "")
 
 
 @dataclass

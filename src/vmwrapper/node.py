@@ -245,10 +245,9 @@ def reap(config: Config, job_is_active: Callable[[str], bool]) -> list[str]:
         _remove_user_dir(config, jobid)
         reaped.append(jobid)
     known = {job_dir.name for job_dir in job_dirs(Path(config.STATE_DIR))}
-    for name in hypervisor.names():
-        tag = _tag_of_domain(name)
-        if tag is not None and tag not in known:
-            hypervisor.stop(name, 0)  # no state at all: a crash before the journal existed
+    for name, jobid in hypervisor.our_domains().items():
+        if job_tag(jobid) not in known and not job_is_active(jobid):
+            hypervisor.stop(name, 0)  # ours, but no state: its journal was lost
             reaped.append(name)
     return reaped
 
@@ -261,11 +260,6 @@ def _jobid_of(job_dir: Path) -> str | None:
             if entry["kind"] == "jobid":
                 return str(entry["value"])
     return None
-
-
-def _tag_of_domain(name: str) -> str | None:
-    match = re.fullmatch(r"vmw-(.+)-[0-9]+", name)
-    return match.group(1) if match else None
 
 
 def is_request_error(err: BaseException) -> bool:

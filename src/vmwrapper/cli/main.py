@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "qsub": ("qsub", "the Torque qsub wrapper (what src/scripts/qsub runs)"),
     "hook": ("hook", "root batch hook: hook torque|slurm EVENT ARGS..."),
     "job-run": ("jobrun", "run the job inside its first VM (the job wrapper execs this)"),
+    "reap": ("reap", "remove VMs and state of jobs that no longer run here (root)"),
     "run": ("run", "local backend: boot VMs here, run a script inside, tear down (root)"),
 }
 

@@ -1,0 +1,42 @@
+"""``vm-wrapper reap``: remove VMs and state of jobs that no longer run on this node (root).
+
+A job counts as gone only when its batch system says so locally and cheaply: Torque keeps
+mom_priv/jobs/<jobid>* while the job is on this mom; a local job lives as long as its
+`vm-wrapper run` process. When no batch system can vouch, the job is left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from vmwrapper import config as config_mod
+from vmwrapper.batch import local
+
+
+def torque_job_present(torque_home: str, jobid: str) -> bool | None:
+    """True/False from pbs_mom's job directory; None when this is no Torque node."""
+    jobs = Path(torque_home) / "mom_priv" / "jobs"
+    if not jobs.is_dir():
+        return None
+    return any(name.startswith(jobid) for name in os.listdir(jobs))
+
+
+def job_is_active(config: config_mod.Config, jobid: str) -> bool:
+    if jobid.endswith(".local"):
+        return local.job_is_active(config.STATE_DIR, jobid)
+    present = torque_job_present(config.TORQUE_HOME, jobid)
+    return True if present is None else present
+
+
+def run(args: list[str]) -> int:
+    if args:
+        print("usage: vm-wrapper reap", file=sys.stderr)
+        return 2
+    from vmwrapper import node  # noqa: PLC0415
+
+    config = config_mod.load()
+    for item in node.reap(config, lambda jobid: job_is_active(config, jobid)):
+        print(f"vm-wrapper: reaped {item}", file=sys.stderr)
+    return 0
