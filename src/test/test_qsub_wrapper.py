@@ -447,6 +447,13 @@ def test_all_problems_are_reported_together(site: Site) -> None:
     ]
 
 
+def test_one_bad_key_hides_no_other_problem(site: Site) -> None:
+    result = site.run(["-vm", "img=centos7,vcpus=128,iocm=true,colour=red"], stdin=b"echo\n")
+    assert result.code == 2 and result.argv is None
+    starts = sorted(line.split("=")[0].split(":")[1].strip() for line in result.err.splitlines())
+    assert starts == ["-vm", "img", "iocm", "vcpus"]
+
+
 def test_broken_site_config_is_reported_not_raised(site: Site) -> None:
     site.conf.write_text(site.conf.read_text() + "TIMEOUT=$(reboot)\n")
     result = site.run(["-vm", "vcpus=1"], stdin=b"echo\n")

@@ -397,10 +397,11 @@ class VmJob:
 
         texts = [v for d in self.directives for v in d.parsed.vm_values()]
         for text in texts + self.parsed.vm_values():  # the command line wins
-            try:
-                self.raw.update(parse_vm_option(text))
-            except RequestError as err:
-                self.problems += err.problems
+            for item in text.split(","):  # item by item: one bad key hides no other problem
+                try:
+                    self.raw.update(parse_vm_option(item))
+                except RequestError as err:
+                    self.problems += err.problems
 
     def _validate(self) -> set[str]:
         """Validate against policy; returns the keys that failed (files are not checked)."""
