@@ -43,9 +43,11 @@ def test_epilogue_reads_exit_status_and_script_from_11_args() -> None:
         "/spool/12.vm.SC",
         0,
     )
-    assert ctx.job_ran
-    failed_start = th.parse("epilogue", [*EPI[:9], "-14", EPI[10]], {})
-    assert not failed_start.job_ran
+    assert not ctx.rerun_expected
+    requeued = th.parse("epilogue", [*EPI[:9], "-14", EPI[10]], {})
+    assert requeued.rerun_expected
+    aborted = th.parse("epilogue", [*EPI[:9], "-2", EPI[10]], {})
+    assert not aborted.rerun_expected
 
 
 def test_sister_epilogue_without_nodenum_has_unknown_rank() -> None:

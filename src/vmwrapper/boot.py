@@ -44,6 +44,7 @@ def boot_node(
     *, plan: JobPlan, block: RequestBlock, state: NodeState, hypervisor: Hypervisor,
     config: Config,
 ) -> None:  # fmt: skip
+    hypervisor.conn  # noqa: B018  (libvirt must answer before we create anything)
     inputs = _gather_inputs(plan, block, state, config)
     state.mark("inputs_checked")
     watches: list[BootWatch] = []

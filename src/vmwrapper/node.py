@@ -204,7 +204,7 @@ def epilogue(ctx: HookContext, config: Config) -> None:
         state = node_state(config, ctx.jobid, rank)
         if state.exists():
             teardown(state, hypervisor, config)
-        if ctx.job_ran:
+        if not ctx.rerun_expected:  # the job is over: its attempt count is history
             state.forget_attempts()
     if ctx.first_node:
         _remove_user_dir(config, ctx.jobid)

@@ -19,10 +19,11 @@ class HookContext:
     cores_on_node: int
     first_node: bool  # mother superior / first node: it checks all VMs and serves the user
     exit_status: int | None = None  # epilogue only
+    rerun_expected: bool = False  # epilogue of a start the batch system will retry
 
     @property
     def job_ran(self) -> bool:
-        """The epilogue of a job that really ran (not of a failed or requeued start)."""
+        """The epilogue of a job that really ran (not of a failed start)."""
         return self.exit_status is not None and self.exit_status >= 0
 
 

@@ -26,6 +26,8 @@ RUN = 0
 ABORT = 1  # mother superior prologue: job aborted, never rerun
 REQUEUE = 2  # mother superior prologue: requeued at once (pbs_sched loops without limit)
 SISTER_REQUEUE = 1  # prologue.parallel: any non-zero requeues; 1 included
+# Job exit statuses of a start that pbs_server will retry (JOB_EXEC_RETRY*).
+RETRY_STATUSES = frozenset({-3, -4, -14})
 
 
 def parse(event_name: str, argv: list[str], env: dict[str, str]) -> HookContext:
@@ -39,6 +41,7 @@ def parse(event_name: str, argv: list[str], env: dict[str, str]) -> HookContext:
     rank_text = env.get("PBS_NODENUM", "")
     rank = int(rank_text) if rank_text.isdigit() else default_rank
     exit_text = argv[9] if event != "prologue" else ""
+    exit_status = int(exit_text) if exit_text.lstrip("-").isdigit() else None
     return HookContext(
         backend="torque",
         event=event,
@@ -49,7 +52,8 @@ def parse(event_name: str, argv: list[str], env: dict[str, str]) -> HookContext:
         num_nodes=int_env(env, "PBS_NUM_NODES", 1),
         cores_on_node=int_env(env, "PBS_NUM_PPN", 1),
         first_node=mother_superior,
-        exit_status=int(exit_text) if exit_text.lstrip("-").isdigit() else None,
+        exit_status=exit_status,
+        rerun_expected=exit_status in RETRY_STATUSES,
     )
 
 
