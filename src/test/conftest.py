@@ -30,9 +30,20 @@ def _root() -> bool:
     return os.geteuid() == 0
 
 
+def _vmnet() -> bool:
+    """We run where the guests' bridge is (inside the vmw netns for tests)."""
+    return Path("/sys/class/net/vmwbr0").exists()
+
+
+def _guest_image() -> bool:
+    return Path("/var/lib/vm-wrapper/images/debian12.qcow2").is_file()
+
+
 PROBES: dict[str, Callable[[], bool]] = {
     "libvirtd": _libvirtd_up,
     "root": _root,
+    "vmnet": _vmnet,
+    "guest-image": _guest_image,
 }
 
 

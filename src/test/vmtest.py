@@ -1,0 +1,62 @@
+"""Helpers for tests that boot real VMs: the hooks' config, and what a job left behind."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from vmwrapper import config as config_mod
+from vmwrapper import requestblock
+from vmwrapper.hypervisor import Hypervisor
+from vmwrapper.plan import job_tag
+
+SYSTEM_CONF = config_mod.SYSTEM_CONFIG
+# Real hooks start with an empty environment, so they only read the system config file.
+BASE_SETTINGS = {"TIMEOUT": "200", "SHUTDOWN_TIMEOUT": "10", "MAX_PROLOGUE_ATTEMPTS": "2"}
+
+
+@contextmanager
+def system_config(**settings: str) -> Iterator[config_mod.Config]:
+    """Write /etc/vm-wrapper/vm-wrapper.conf for a test, restoring what was there."""
+    saved = SYSTEM_CONF.read_bytes() if SYSTEM_CONF.exists() else None
+    values = {**BASE_SETTINGS, **settings}
+    SYSTEM_CONF.parent.mkdir(parents=True, exist_ok=True)
+    SYSTEM_CONF.write_text("".join(f'{k}="{v}"\n' for k, v in values.items()))
+    try:
+        yield config_mod.load([SYSTEM_CONF])
+    finally:
+        if saved is None:
+            SYSTEM_CONF.unlink(missing_ok=True)
+        else:
+            SYSTEM_CONF.write_bytes(saved)
+
+
+def request_script(body: str = "echo hi\n", **vm: str) -> str:
+    """A job script carrying a request line, as the qsub wrapper would write it."""
+    line = requestblock.encode({"img": "debian12", "vcpus": "1", "ram": "1G", **vm}, {})
+    return f"#!/bin/sh\n{line}\n{body}"
+
+
+def leftovers(config: config_mod.Config, jobid: str) -> list[str]:
+    """Everything of the job that still exists on this host: must be [] after teardown."""
+    tag = job_tag(jobid)
+    found = [
+        f"domain {name}"
+        for name, owner in Hypervisor(config.LIBVIRT_URI).our_domains().items()
+        if owner == jobid
+    ]
+    for path in (
+        Path(config.STATE_DIR) / "jobs" / tag,
+        Path(config.OVERLAY_DIR) / tag,
+        Path(config.RAMDISK_DIR) / tag,
+        Path(config.STATE_DIR) / "attempts",
+    ):
+        if path.name == "attempts":
+            found += [f"file {p}" for p in path.glob(f"{tag}.*")] if path.is_dir() else []
+        elif path.exists():
+            found.append(f"path {path}")
+    qemu = subprocess.run(["pgrep", "-f", f"guest=vmw-{tag}-"], capture_output=True, text=True)
+    found += [f"qemu pid {pid}" for pid in qemu.stdout.split()]
+    return found
