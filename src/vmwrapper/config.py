@@ -163,7 +163,7 @@ class Config:
         "path",
         "/etc/vm-wrapper/secret",
         "Root-only 0600 file, identical on all nodes (like munge.key); job SSH keys derive "
-        "from it. Create it with `vm-wrapper setup-secret`.",
+        "from it. tools/setup-node creates it.",
     )
     LIBVIRT_URI: str = setting("str", "qemu:///system", "libvirt connection URI.")
     ACCEL: str = setting(
