@@ -13,6 +13,7 @@ import base64
 import contextlib
 import json
 import os
+import pwd
 import shlex
 import signal
 import subprocess
@@ -116,7 +117,7 @@ def run_in_vm(payload: dict[str, Any], config: Config, env: dict[str, str]) -> i
     jobid = job_id(env)
     files = load_job_files(config, jobid)
     wait_until_answering(files)
-    user = env.get("USER") or env.get("LOGNAME") or ""
+    user = pwd.getpwuid(os.getuid()).pw_name  # who we are, not what $USER claims
     first = files.vms[0]["address"]
     script = runner_script(payload, files, env)
     child = proc.spawn([*ssh_argv(files, user, first), "/bin/sh", "-s"], stdin_pipe=True)
