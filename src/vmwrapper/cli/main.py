@@ -6,8 +6,8 @@ import sys
 from collections.abc import Callable
 from importlib import import_module
 
-# subcommand -> (module under vmwrapper.cli, one-line help). Modules import lazily so that
-# each command pays only for what it uses.
+# subcommand -> ("module[:function]" under vmwrapper.cli, one-line help). Modules import
+# lazily so that each command pays only for what it uses; the function defaults to run.
 COMMANDS: dict[str, tuple[str, str]] = {
     "check-config": ("admin", "print the effective config and its problems"),
     "qsub": ("qsub", "the Torque qsub wrapper (what src/scripts/qsub runs)"),
@@ -15,6 +15,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "job-run": ("jobrun", "run the job inside its first VM (the job wrapper execs this)"),
     "reap": ("reap", "remove VMs and state of jobs that no longer run here (root)"),
     "run": ("run", "local backend: boot VMs here, run a script inside, tear down (root)"),
+    "status": ("usertools:status", "your job's VMs, whether they answer, the boot timeline"),
+    "console": ("usertools:console", "console JOBID vmN: a VM's console log (owner only)"),
+    "ssh": ("usertools:ssh", "ssh JOBID vmN [CMD]: a shell in a VM of your running job"),
 }
 
 
@@ -33,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"vm-wrapper: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = import_module(f"vmwrapper.cli.{COMMANDS[name][0]}")
-    entry: Callable[[list[str]], int] = module.run
+    module_name, _, function = COMMANDS[name][0].partition(":")
+    module = import_module(f"vmwrapper.cli.{module_name}")
+    entry: Callable[[list[str]], int] = getattr(module, function or "run")
     return run_guarded(entry, rest)
 
 
