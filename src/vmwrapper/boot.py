@@ -176,6 +176,10 @@ def _start_vm(
     state.mark(f"{vm.name}:seed")
     for path in (paths.console, paths.ready):
         state.record("file", str(path))
+    # The console log is the user's to read (`vm-wrapper console`): created owned by them,
+    # virtlogd (root) appends and keeps the owner; the root 0711 directory stops the user
+    # from swapping the file for a link.
+    write_file(paths.console, b"", 0o640, (plan.alloc.uid, plan.alloc.gid))
     xml = render.render_domain(
         vm=vm, plan=plan, config=config, paths=paths, accel=inputs.accel, image=inputs.image,
         shares=inputs.shares,
