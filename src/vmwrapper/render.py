@@ -3,6 +3,11 @@
 Every decision is made here in Python; templates only loop and branch over prepared values.
 XML templates are autoescaped. jinja2 is imported lazily (+65 ms): hooks of jobs without VMs
 never import this module's dependencies.
+
+Domains say ``<seclabel type='none' model='dac'/>``: libvirt relabels no file. With its
+default dynamic ownership it would chown the shared base image, kernel and initrd to QEMU's
+user and never give the base image back (seen with tools/smoke-boot). QEMU still runs as
+libvirt's unprivileged user, so the caller hands it the overlay and the seed (owner=...).
 """
 
 from __future__ import annotations

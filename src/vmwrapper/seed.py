@@ -150,15 +150,16 @@ def write_seed(
     *, vm: VmSpec, plan: JobPlan, config: Config, paths: VmPaths, nonce: str,
     user_public_key: str, host_key: KeyPair, user_private_key: str = "",
     known_hosts: Sequence[str] = (), shares: Sequence[tuple[str, str]] = (),
-    user_metadata: Mapping[str, Any] | None = None,
+    user_metadata: Mapping[str, Any] | None = None, owner: tuple[int, int] | None = None,
 ) -> None:  # fmt: skip
-    """Build the seed of ``vm`` and write it to ``paths.seed`` (root-only, mode 0600)."""
+    """Build the seed of ``vm`` and write it to ``paths.seed``, mode 0600, owned by ``owner``
+    (QEMU's uid and gid, which must read it) or by us."""
     seed = SeedInput(
         nonce=nonce, user_public_key=user_public_key, host_key=host_key,
         user_private_key=user_private_key, known_hosts=tuple(known_hosts),
         shares=tuple(shares), user_metadata=user_metadata or {},
     )  # fmt: skip
-    write_iso(Path(paths.seed), seed_files(vm, plan, config, seed))
+    write_iso(Path(paths.seed), seed_files(vm, plan, config, seed), owner=owner)
 
 
 def _user(plan: JobPlan, config: Config) -> dict[str, Any]:

@@ -79,8 +79,15 @@ def dump_yaml(data: Mapping[str, Any]) -> str:
     return yaml.dump(dict(data), Dumper=Dumper, default_flow_style=False, sort_keys=False)
 
 
-def write_iso(iso: Path, files: Mapping[str, str], *, timeout: float = 30) -> None:
-    """Write an ISO 9660 image (label cidata) holding ``files`` to ``iso``, mode 0600.
+def write_iso(
+    iso: Path,
+    files: Mapping[str, str],
+    *,
+    owner: tuple[int, int] | None = None,
+    timeout: float = 30,
+) -> None:
+    """Write an ISO 9660 image (label cidata) holding ``files`` to ``iso``, mode 0600,
+    owned by ``owner`` (QEMU's uid and gid: libvirt relabels nothing) or by us.
 
     Inputs and output are built in a fresh 0700 directory beside ``iso`` and renamed into
     place, so no symlink planted at any of these names is ever followed.
@@ -98,6 +105,8 @@ def write_iso(iso: Path, files: Mapping[str, str], *, timeout: float = 30) -> No
         )  # fmt: skip
         fd = os.open(built, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
+            if owner is not None:
+                os.fchown(fd, *owner)
             os.fchmod(fd, 0o600)
             os.fsync(fd)
         finally:

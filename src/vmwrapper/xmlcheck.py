@@ -29,7 +29,7 @@ def _schema(path: str) -> etree.RelaxNG:
         return etree.RelaxNG(etree.parse(path, _parser()))
     except (OSError, etree.LxmlError) as err:
         raise DomainXmlError(
-            f"cannot load libvirt's schema {path} (is libvirt installed?): {err}"
+            f"cannot load libvirt's schema {path} (is libvirt installed?): {_one_line(err)}"
         ) from None
 
 
@@ -48,12 +48,17 @@ def validate_domain(xml: str, schema_path: str = DOMAIN_RNG) -> None:
     try:
         document = etree.fromstring(xml.encode("utf-8"), _parser())
     except etree.XMLSyntaxError as err:
-        raise DomainXmlError(f"generated domain XML is malformed: {err}") from None
+        raise DomainXmlError(f"generated domain XML is malformed: {_one_line(err)}") from None
     if schema.validate(document):
         return
-    errors = [f"line {e.line}: {e.message}" for e in schema.error_log]
+    errors = [f"line {e.line}: {' '.join(e.message.split())}" for e in schema.error_log]
     first = errors[0] if errors else "no detail"
     raise DomainXmlError(
         f"generated domain XML does not match libvirt's schema: {first}",
         detail="\n".join(errors),
     )
+
+
+def _one_line(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= 200 else text[:197] + "..."
