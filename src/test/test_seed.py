@@ -6,9 +6,13 @@ Regenerate the golden files with ``VMW_REGEN_GOLDEN=1 python -m pytest src/test/
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import stat
 import subprocess
+import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -298,6 +302,14 @@ def test_write_seed_makes_a_private_cidata_iso(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["victim", paths.seed.name])
 
 
+@pytest.mark.needs("genisoimage", "root")
+def test_write_iso_hands_the_seed_to_qemus_user(tmp_path: Path) -> None:
+    iso = tmp_path / "seed.iso"
+    write_iso(iso, {"meta-data": "{}\n"}, owner=(64055, 64056))
+    info = os.stat(iso)
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (64055, 64056, 0o600)
+
+
 @pytest.mark.needs("genisoimage")
 def test_write_iso_refuses_a_shared_directory(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
@@ -434,3 +446,125 @@ def test_fuzzed_metadata_gives_valid_yaml_or_our_error(
     for key, value in metadata.items():
         assert data[key] == value
     assert data["runcmd"][-1][3] == "vmw-ready"
+
+
+# -- real guests -------------------------------------------------------------------------------
+# Boots the admin image (tools/build-guest-image) with our XML and seeds under QEMU TCG through
+# qemu:///embed, inside a network namespace of its own with bridge vmwbr0: nothing touches the
+# host's network or a shared libvirtd. About 70-100 s for two guests.
+
+IMAGE_POOL = "/var/lib/vm-wrapper/images"
+READY_DEADLINE = 400
+
+
+@pytest.mark.slow
+@pytest.mark.needs(
+    "root", "unshare", "ip", "ssh", "qemu-system-x86_64", "genisoimage", "qemu-img",
+    f"{IMAGE_POOL}/debian12.qcow2",
+)  # fmt: skip
+def test_real_guests_signal_ready_and_accept_the_job_key() -> None:
+    # Not tmp_path: pytest's base directory is 0700 and QEMU's user must reach our files.
+    work = Path(tempfile.mkdtemp(prefix="vmw-boot-", dir="/var/tmp"))
+    work.chmod(0o711)
+    src = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{src}:{src / 'test'}"}
+    try:
+        run = subprocess.run(
+            ["unshare", "-n", sys.executable, __file__, str(work)],
+            capture_output=True, text=True, timeout=READY_DEADLINE + 120, env=env, check=False,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report = run.stdout + run.stderr
+    assert run.returncode == 0, report[-4000:]
+    for line in ("READY vmw-9001.e2e-0", "READY vmw-9001.e2e-1", "uid=2000(alice) gid=2000(alice)"):
+        assert line in report, report[-4000:]
+    assert "\nvm1\n" in report and "NO-SUDO" in report and "status: done" in report
+
+
+def _boot_two_guests(work: Path) -> None:  # runs as __main__ inside the private netns
+    import pwd
+    import secrets
+    import threading
+    import time
+
+    import libvirt
+
+    from vmwrapper import disks, keys, render, xmlcheck
+
+    for args in (
+        ["link", "set", "lo", "up"],
+        ["link", "add", "vmwbr0", "type", "bridge"],
+        ["addr", "add", "10.77.0.1/16", "dev", "vmwbr0"],
+        ["link", "set", "vmwbr0", "up"],
+    ):
+        subprocess.run(["ip", *args], check=True)  # fmt: skip
+    qemu_user = pwd.getpwnam("libvirt-qemu")
+    owner = (qemu_user.pw_uid, qemu_user.pw_gid)
+    cfg = config.load([])
+    plan = job_plan(cfg, 0, jobid="9001.e2e")  # this node's two VMs, small and unpinned
+    vms = tuple(replace(vm, vcpus=1, ram_mb=1024, cpuset=()) for vm in plan.vms)
+    alloc = replace(plan.alloc, home=str(work / "home" / "alice"))
+    plan = replace(plan, vms=vms, all_vms=vms, alloc=alloc)
+    (work / "home" / "alice").mkdir(parents=True)
+    os.chown(work / "home" / "alice", 2000, 2000)
+    secret = secrets.token_bytes(32)
+    user_key = keys.user_key(secret, "9001.e2e")
+    known = keys.known_hosts_lines(
+        secret, "9001.e2e", [(v.index, v.hostname, v.address) for v in plan.vms]
+    )
+    image = disks.resolve_admin_image("debian12", IMAGE_POOL)
+    shares = ((str(work / "home"), "vmwshare0"),)
+    libvirt.virEventRegisterDefaultImpl()
+    threading.Thread(
+        target=lambda: [libvirt.virEventRunDefaultImpl() for _ in iter(int, 1)], daemon=True
+    ).start()
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    conn = libvirt.open(f"qemu:///embed?root={work / 'libvirt'}")
+    watch = {}
+    for vm in plan.vms:
+        paths = VmPaths.for_vm(vm, work, work)
+        disks.create_overlay(image, paths.overlay)
+        os.chown(paths.overlay, *owner)  # libvirt relabels nothing: the caller's duty
+        nonce = secrets.token_hex(16)
+        seed.write_seed(
+            vm=vm, plan=plan, config=cfg, paths=paths, nonce=nonce,
+            user_public_key=user_key.public_openssh, user_private_key=user_key.private_openssh,
+            host_key=keys.host_key(secret, "9001.e2e", vm.index), known_hosts=known, shares=shares,
+            owner=owner,
+        )  # fmt: skip
+        xml = render.render_domain(vm, plan, paths, "tcg", config=cfg, image=image, shares=shares)
+        xmlcheck.validate_domain(xml)
+        conn.createXML(xml, 0)
+        watch[vm.name] = (paths, f"VMW-READY {nonce}")
+    try:
+        deadline = time.monotonic() + READY_DEADLINE
+        while watch and time.monotonic() < deadline:
+            for name, (paths, line) in list(watch.items()):
+                if paths.ready.exists() and line in paths.ready.read_text():
+                    print("READY", name, flush=True)
+                    del watch[name]
+            time.sleep(1)
+        assert not watch, f"not ready: {sorted(watch)}"
+        keyfile, known_file = work / "id", work / "known_hosts"
+        keyfile.write_text(user_key.private_openssh)
+        keyfile.chmod(0o600)
+        known_file.write_text("\n".join(known) + "\n")
+        remote = ("id; ssh -o BatchMode=yes vm1 hostname; sudo -n true 2>/dev/null && echo SUDO "
+                  "|| echo NO-SUDO; cloud-init status")  # fmt: skip
+        ssh = subprocess.run(
+            ["ssh", "-i", str(keyfile), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+             "-o", f"UserKnownHostsFile={known_file}", "-o", "ConnectTimeout=20",
+             f"alice@{plan.vms[0].address}", remote],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        print(ssh.stdout, ssh.stderr, flush=True)
+        assert ssh.returncode == 0
+    finally:
+        for name in (vm.name for vm in plan.vms):
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.lookupByName(name).destroy()
+
+
+if __name__ == "__main__":
+    _boot_two_guests(Path(sys.argv[1]))
