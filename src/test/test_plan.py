@@ -100,3 +100,9 @@ def test_canonical_request_revalidates_to_the_same_request() -> None:
     raw = request.to_raw()
     assert "iocm_min_cores" not in raw and "disk" not in raw
     assert validate(raw, CFG) == request
+
+
+def test_job_ids_with_undecodable_bytes_still_name_files() -> None:
+    jobid = b"9\xff.srv".decode("utf-8", "surrogateescape")
+    assert job_tag(jobid) == "9_.srv"
+    assert job_number("x\udcff") == job_number("x\udcff")

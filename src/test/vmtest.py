@@ -57,6 +57,8 @@ def leftovers(config: config_mod.Config, jobid: str) -> list[str]:
             found += [f"file {p}" for p in path.glob(f"{tag}.*")] if path.is_dir() else []
         elif path.exists():
             found.append(f"path {path}")
-    qemu = subprocess.run(["pgrep", "-f", f"guest=vmw-{tag}-"], capture_output=True, text=True)
+    qemu = subprocess.run(
+        ["pgrep", "-f", f"guest=vmw-{tag}-"], capture_output=True, text=True, check=False
+    )
     found += [f"qemu pid {pid}" for pid in qemu.stdout.split()]
     return found

@@ -161,8 +161,9 @@ def _start_vm(
 
     paths = VmPaths.for_vm(vm, state.node_dir, inputs.overlay_dir, inputs.disk)
     nonce = secrets.token_hex(16)
+    qemu_owner = (plan.alloc.uid, plan.alloc.gid)  # QEMU runs as the job user (render.py)
     state.record("file", str(paths.overlay))
-    disks.create_overlay(inputs.image, paths.overlay)
+    disks.create_overlay(inputs.image, paths.overlay, qemu_owner)
     state.mark(f"{vm.name}:overlay")
     state.record("file", str(paths.seed))
     seed.write_seed(
@@ -171,7 +172,7 @@ def _start_vm(
         user_private_key=inputs.user_key.private_openssh,
         host_key=keys.host_key(inputs.secret, plan.alloc.jobid, vm.index),
         known_hosts=_known_hosts(plan, inputs.secret), shares=inputs.shares,
-        user_metadata=inputs.metadata,
+        user_metadata=inputs.metadata, owner=qemu_owner,
     )  # fmt: skip
     state.mark(f"{vm.name}:seed")
     for path in (paths.console, paths.ready):

@@ -58,8 +58,10 @@ def _describe(path: Path) -> BaseImage:
     )
 
 
-def create_overlay(base: BaseImage, overlay: Path, timeout: float = 30) -> None:
-    """A copy-on-write overlay of `base`; it must not exist yet."""
+def create_overlay(
+    base: BaseImage, overlay: Path, owner: tuple[int, int], timeout: float = 30
+) -> None:
+    """A copy-on-write overlay of `base`, owned by `owner` (QEMU's identity); new."""
     if overlay.exists() or overlay.is_symlink():
         raise NodeError(f"overlay {overlay} already exists")
     proc.run(
@@ -67,6 +69,7 @@ def create_overlay(base: BaseImage, overlay: Path, timeout: float = 30) -> None:
          str(overlay)],
         timeout=timeout,
     )  # fmt: skip
+    os.chown(overlay, *owner)  # our fresh file in a root-owned directory: no link to follow
     os.chmod(overlay, 0o600)
 
 

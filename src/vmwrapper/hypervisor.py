@@ -154,9 +154,15 @@ def _poll(watch: BootWatch, on_event: Callable[[str, str], None]) -> None:
     if not watch.console_seen and _size(watch.console_file) > 0:
         watch.console_seen = True
         on_event(watch.name, "first_console_output")
-    if not watch.ready and f"VMW-READY {watch.nonce}".encode() in _head(watch.ready_file):
+    if watch.ready:
+        return
+    head = _head(watch.ready_file)
+    if f"VMW-READY {watch.nonce}".encode() in head:
         watch.ready = True
         on_event(watch.name, "ready")
+    elif f"VMW-FAILED {watch.nonce}".encode() in head:
+        # The guest's own check failed (sshd, the user, a share): waiting longer won't help.
+        raise NodeError(f"VM {watch.name} reports that its setup failed (see its console log)")
 
 
 def _size(path: Path) -> int:

@@ -67,7 +67,7 @@ class JobPlan:
 
 def job_tag(jobid: str) -> str:
     """A job id made safe for file and domain names: '12[3].srv' -> '12_3_.srv'."""
-    tag = _UNSAFE_RE.sub("_", jobid)[:48].lstrip(".")
+    tag = _UNSAFE_RE.sub("_", jobid)[:48].lstrip(".")  # also replaces surrogates from argv
     if not tag:
         raise PermanentJobError(f"job id {jobid[:40]!r} cannot name files")
     return tag
@@ -78,7 +78,8 @@ def job_number(jobid: str) -> int:
     match = _JOB_NUMBER_RE.match(jobid)
     if match:
         return int(match.group(1))
-    return int(hashlib.sha256(jobid.encode()).hexdigest()[:12], 16)
+    digest = hashlib.sha256(jobid.encode("utf-8", "surrogateescape")).hexdigest()
+    return int(digest[:12], 16)
 
 
 def job_addresses(jobid: str, count: int, config: Config) -> tuple[list[str], int]:

@@ -4,10 +4,12 @@ Every decision is made here in Python; templates only loop and branch over prepa
 XML templates are autoescaped. jinja2 is imported lazily (+65 ms): hooks of jobs without VMs
 never import this module's dependencies.
 
-Domains say ``<seclabel type='none' model='dac'/>``: libvirt relabels no file. With its
-default dynamic ownership it would chown the shared base image, kernel and initrd to QEMU's
-user and never give the base image back (seen with tools/smoke-boot). QEMU still runs as
-libvirt's unprivileged user, so the caller hands it the overlay and the seed (owner=...).
+QEMU runs as the JOB USER (``<seclabel type='static' model='dac' relabel='no'>`` with
+``+uid:+gid``), like pcocc's: a QEMU escape lands in that user's own account instead of a uid
+shared by every job's QEMU (which could read all other jobs' overlays), the user's persistent
+disk and 9p shares work with the user's own rights, and libvirt relabels no file (by default
+it chowns the shared base image to its qemu user and never gives it back). The caller hands
+the overlay and the seed to the job user.
 """
 
 from __future__ import annotations
@@ -126,6 +128,8 @@ def domain_context(
                    for src, tag in shares],
         "nic": _nic(vm, config),
         "console": str(paths.console),
+        "qemu_uid": plan.alloc.uid,
+        "qemu_gid": plan.alloc.gid,
         "ready": str(paths.ready),
         "ready_channel": READY_CHANNEL,
     }  # fmt: skip
