@@ -178,7 +178,10 @@ def test_tcg_and_kvm_choose_domain_type_and_cpu(tmp_path: Path) -> None:
         assert root.find("features/acpi") is not None
         assert root.findtext("on_reboot") == "destroy"
         assert root.find("devices/graphics") is None
-        assert root.find("seclabel").attrib == {"type": "none", "model": "dac"}
+        # QEMU runs as the job user; libvirt relabels (chowns) no file.
+        label = root.find("seclabel")
+        assert label.attrib == {"type": "static", "model": "dac", "relabel": "no"}
+        assert label.findtext("label") == "+2000:+2000"
 
 
 def test_kernel_boot_or_disk_boot(tmp_path: Path) -> None:
