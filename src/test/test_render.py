@@ -178,9 +178,9 @@ def test_tcg_and_kvm_choose_domain_type_and_cpu(tmp_path: Path) -> None:
         assert root.find("features/acpi") is not None
         assert root.findtext("on_reboot") == "destroy"
         assert root.find("devices/graphics") is None
-        # QEMU runs as the job user; libvirt relabels (chowns) no file.
+        # QEMU runs as the job user; the shared base image is exempt from relabelling.
         label = root.find("seclabel")
-        assert label.attrib == {"type": "static", "model": "dac", "relabel": "no"}
+        assert label.attrib == {"type": "static", "model": "dac", "relabel": "yes"}
         assert label.findtext("label") == "+2000:+2000"
 
 

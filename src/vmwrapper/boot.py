@@ -6,6 +6,7 @@ exactly what exists even after a crash at any point.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import secrets
@@ -82,7 +83,7 @@ def _gather_inputs(
     state.record("dir", str(overlay_dir))
     ensure_root_dir(overlay_dir)
     return NodeInputs(
-        image=image,
+        image=_private_boot_files(image, state),
         accel=choose_accel(request.hypervisor, config, image, state),
         secret=secret,
         user_key=keys.user_key(secret, plan.alloc.jobid),
@@ -98,6 +99,25 @@ def _image(name: str, config: Config, uid: int) -> disks.BaseImage:
         user_image = disks.check_user_disk(name, uid)
         return disks.BaseImage(user_image.path, user_image.fmt, None, None, "")
     return disks.resolve_admin_image(name, config.IMAGE_POOL)
+
+
+def _private_boot_files(image: disks.BaseImage, state: NodeState) -> disks.BaseImage:
+    """This node's own copy of the image's kernel and initrd (~15 MB, milliseconds).
+
+    libvirt hands every file a domain uses to QEMU's user (here the job user) and takes it
+    back afterwards; two jobs of different users sharing one kernel file would collide
+    ("already in use" with another owner). The shared base image itself is exempt in the
+    XML (relabel='no' on its source) and is only ever read through the job's overlay.
+    """
+    if image.kernel is None or image.initrd is None:
+        return image
+    copies = []
+    for source in (image.kernel, image.initrd):
+        target = state.node_dir / f"boot-{source.name}"
+        state.record("file", str(target))
+        write_file(target, source.read_bytes(), 0o644)
+        copies.append(target)
+    return dataclasses.replace(image, kernel=copies[0], initrd=copies[1])
 
 
 def choose_accel(hypervisor: str, config: Config, image: disks.BaseImage, state: NodeState) -> str:
