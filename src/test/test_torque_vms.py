@@ -238,8 +238,9 @@ def test_missing_sister_vm_aborts_the_job_before_the_first_node_boots(
 
 @pytest.mark.slow
 def test_crash_mid_boot_is_cleaned_up_by_reap(user: JobUser, site_base: Path) -> None:
-    with system_config(TORQUE_HOME=str(site_base / "pbs" / "gone")) as config:
-        site = make_site(site_base, 1)
+    site = make_site(site_base, 1)
+    # reap asks this mom's mom_priv/jobs whether the job is still here.
+    with system_config(TORQUE_HOME=str(site.moms[0].home)) as config:
         job = Job(user=user, script=request_script(), jobid="708.vm", ppn=2)
         site.moms[0].create()
         script = site.moms[0].script(job.jobid)
@@ -276,6 +277,14 @@ def test_crash_mid_boot_is_cleaned_up_by_reap(user: JobUser, site_base: Path) ->
         os.killpg(hook.pid, signal.SIGKILL)  # as pbs_mom does at $prologalarm
         hook.wait()
         assert leftovers(config, job.jobid) != []
+        still_here = subprocess.run(
+            ["/opt/vm-wrapper/venv/bin/vm-wrapper", "reap"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert "708.vm" not in still_here.stderr  # pbs_mom still has the job: hands off
+        script.unlink()  # pbs_mom is done with the job
         reap = subprocess.run(
             ["/opt/vm-wrapper/venv/bin/vm-wrapper", "reap"],
             capture_output=True,

@@ -240,16 +240,34 @@ def reap(config: Config, job_is_active: Callable[[str], bool]) -> list[str]:
         for node_dir in job_dir.glob("node*"):
             rank_text = node_dir.name[4:]
             if rank_text.isdigit():
-                teardown(NodeState(Path(config.STATE_DIR), job_dir.name, int(rank_text)),
-                         hypervisor, config)  # fmt: skip
+                state = NodeState(Path(config.STATE_DIR), job_dir.name, int(rank_text))
+                teardown(state, hypervisor, config)
+                state.forget_attempts()
         _remove_user_dir(config, jobid)
         reaped.append(jobid)
+    _forget_stale_attempts(Path(config.STATE_DIR))
     known = {job_dir.name for job_dir in job_dirs(Path(config.STATE_DIR))}
     for name, jobid in hypervisor.our_domains().items():
         if job_tag(jobid) not in known and not job_is_active(jobid):
             hypervisor.stop(name, 0)  # ours, but no state: its journal was lost
             reaped.append(name)
     return reaped
+
+
+STALE_ATTEMPTS_SECONDS = 7 * 24 * 3600
+
+
+def _forget_stale_attempts(state_dir: Path) -> None:
+    """Attempt counters of jobs with no state left, untouched for a week: long gone."""
+    attempts = state_dir / "attempts"
+    if not attempts.is_dir() or attempts.is_symlink():
+        return
+    now = time.time()
+    for counter in attempts.iterdir():
+        tag = counter.name.rpartition(".")[0]
+        stale = now - counter.lstat().st_mtime > STALE_ATTEMPTS_SECONDS
+        if stale and not (state_dir / "jobs" / tag).exists():
+            counter.unlink(missing_ok=True)
 
 
 def _jobid_of(job_dir: Path) -> str | None:
