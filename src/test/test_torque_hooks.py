@@ -81,3 +81,9 @@ def test_exit_codes_bound_the_requeue_loop(
 ) -> None:
     ctx = th.parse("prologue" if first else "prologue.parallel", PRO, ENV)
     assert th.prologue_exit_code(ctx, permanent=permanent, attempts_left=left) == code
+
+
+def test_non_ascii_digits_are_not_numbers() -> None:
+    with pytest.raises(PermanentJobError, match="PBS_NUM_PPN"):
+        th.parse("prologue", PRO, {"PBS_NUM_PPN": "²"})
+    assert th.parse("prologue.parallel", PRO, {"PBS_NODENUM": "\u0661"}).rank is None

@@ -328,6 +328,12 @@ _TRUE = {"true", "yes", "1", "on", "enabled"}
 _FALSE = {"false", "no", "0", "off", "disabled"}
 
 
+def is_whole_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts superscripts such as '²', which int()
+    refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_bool(text: str) -> bool | None:
     low = text.strip().lower()
     if low in _TRUE:
@@ -363,7 +369,7 @@ def _convert(key: str, text: str, meta: dict[str, Any]) -> tuple[Any, str]:
         flag = parse_bool(text)
         return (flag, "") if flag is not None else (False, "expected true or false")
     if kind == "int":
-        if not text.isdigit():
+        if not is_whole_number(text):
             return 0, "expected a whole number"
         number = int(text)
         if number < meta["minimum"]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from vmwrapper import requestblock
 from vmwrapper.batch.hookctx import HookContext
-from vmwrapper.config import Config
+from vmwrapper.config import Config, is_whole_number
 from vmwrapper.errors import NodeError, PermanentJobError, RequestError, VmWrapperError
 from vmwrapper.hypervisor import Hypervisor
 from vmwrapper.plan import Allocation, JobPlan, job_tag, make_plan
@@ -216,7 +216,7 @@ def _ranks_on_host(config: Config, jobid: str) -> list[int]:
         return []
     return sorted(
         int(p.name[4:]) for p in job_dir.iterdir() if p.name.startswith("node") and
-        p.name[4:].isdigit()
+        is_whole_number(p.name[4:])
     )  # fmt: skip
 
 
@@ -239,7 +239,7 @@ def reap(config: Config, job_is_active: Callable[[str], bool]) -> list[str]:
             continue
         for node_dir in job_dir.glob("node*"):
             rank_text = node_dir.name[4:]
-            if rank_text.isdigit():
+            if is_whole_number(rank_text):
                 state = NodeState(Path(config.STATE_DIR), job_dir.name, int(rank_text))
                 teardown(state, hypervisor, config)
                 state.forget_attempts()

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
 
-from vmwrapper.config import Config, parse_bool, parse_size_mb
+from vmwrapper.config import Config, is_whole_number, parse_bool, parse_size_mb
 from vmwrapper.errors import RequestError
 
 VM_KEYS: tuple[str, ...] = (
@@ -155,7 +155,7 @@ class _Checker:
         value = self.raw.get(key)
         if value is None:
             return default
-        if not value.isdigit() or len(value) > 9:
+        if not is_whole_number(value) or len(value) > 9:
             self._fail(key, value, f"expected a whole number from {low} to {high}")
             return default
         if not low <= int(value) <= high:

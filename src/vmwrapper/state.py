@@ -127,7 +127,7 @@ class NodeState:
             return 0
         with os.fdopen(fd) as handle:
             text = handle.read().strip()
-        return int(text) if text.isdigit() else 0
+        return int(text) if text.isascii() and text.isdigit() else 0
 
     def forget_attempts(self) -> None:
         with contextlib.suppress(FileNotFoundError):

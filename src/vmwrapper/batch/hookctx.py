@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vmwrapper.config import is_whole_number
 from vmwrapper.errors import PermanentJobError
 
 
@@ -30,7 +31,7 @@ class HookContext:
 def int_env(env: dict[str, str], name: str, default: int | None = None) -> int:
     """A whole-number variable from the hook environment; a clear error if malformed."""
     text = env.get(name, "")
-    if text.isdigit():
+    if is_whole_number(text):
         return int(text)
     if default is not None and not text:
         return default

@@ -9,6 +9,7 @@ PBS_NODENUM (0 on the mother superior), PBS_NUM_NODES, PBS_NUM_PPN, PBS_MSHOST, 
 from __future__ import annotations
 
 from vmwrapper.batch.hookctx import HookContext, int_env
+from vmwrapper.config import is_whole_number
 from vmwrapper.errors import PermanentJobError
 
 EVENTS = {
@@ -39,9 +40,9 @@ def parse(event_name: str, argv: list[str], env: dict[str, str]) -> HookContext:
         raise PermanentJobError(f"{event_name}: expected {expected} arguments, got {len(argv)}")
     default_rank = 0 if mother_superior else None
     rank_text = env.get("PBS_NODENUM", "")
-    rank = int(rank_text) if rank_text.isdigit() else default_rank
+    rank = int(rank_text) if is_whole_number(rank_text) else default_rank
     exit_text = argv[9] if event != "prologue" else ""
-    exit_status = int(exit_text) if exit_text.lstrip("-").isdigit() else None
+    exit_status = int(exit_text) if is_whole_number(exit_text.removeprefix("-")) else None
     return HookContext(
         backend="torque",
         event=event,
