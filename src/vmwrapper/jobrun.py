@@ -113,7 +113,37 @@ def runner_script(payload: dict[str, Any], files: JobFiles, env: dict[str, str])
     return render_template("runner.sh.j2", values)
 
 
+def interactive_command(files: JobFiles, env: dict[str, str]) -> str:
+    """Remote command for an interactive job: node file, environment, cwd, login shell."""
+    tag = job_tag(job_id(env))
+    workdir = f"/tmp/vmw-{tag}"
+    hostnames = [vm["hostname"] for vm in files.vms]
+    vcpus = [int(vm["vcpus"]) for vm in files.vms]
+    guest_env = jobenv.guest_environment(
+        env, nodefile=f"{workdir}/nodefile", hostnames=hostnames, vcpus=vcpus
+    )
+    guest_env["TERM"] = env.get("TERM", "xterm")
+    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(guest_env.items()))
+    cwd = env.get("PBS_O_WORKDIR") or env.get("SLURM_SUBMIT_DIR") or "~"
+    nodefile = shlex.quote(jobenv.nodefile_text(hostnames, vcpus))
+    return (
+        f"umask 077; mkdir -p {workdir} && printf %s {nodefile} > {workdir}/nodefile; "
+        f"umask 022; cd {shlex.quote(cwd)} 2>/dev/null || cd; export {exports}; "
+        'exec "${SHELL:-/bin/bash}" -l'
+    )
+
+
+def run_interactive(config: Config, env: dict[str, str]) -> int:
+    files = load_job_files(config, job_id(env))
+    wait_until_answering(files)
+    user = pwd.getpwuid(os.getuid()).pw_name
+    argv = [*ssh_argv(files, user, files.vms[0]["address"], tty=True)]
+    return proc.spawn([*argv, interactive_command(files, env)]).wait()
+
+
 def run_in_vm(payload: dict[str, Any], config: Config, env: dict[str, str]) -> int:
+    if payload.get("interactive"):
+        return run_interactive(config, env)
     jobid = job_id(env)
     files = load_job_files(config, jobid)
     wait_until_answering(files)
@@ -174,7 +204,8 @@ def read_payload(text: str) -> dict[str, Any]:
 
 def main_job_run(stdin_text: str, config: Config) -> int:
     payload = read_payload(stdin_text)
-    # The payload came on stdin (a heredoc); the job itself reads /dev/null, as batch jobs do.
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
+    if not payload.get("interactive"):
+        # The payload came on stdin (a heredoc); a batch job reads /dev/null, as usual.
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
     return run_in_vm(payload, config, dict(os.environ))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import pwd
 import signal
 import sys
 import threading
@@ -21,14 +22,18 @@ from vmwrapper import config as config_mod
 from vmwrapper import proc, requestblock
 from vmwrapper.batch import local
 from vmwrapper.errors import RequestError, VmWrapperError
+from vmwrapper.plan import job_tag
 from vmwrapper.request import FILE_KEYS, parse_vm_option, validate
+from vmwrapper.state import write_file
 
-USAGE = "usage: vm-wrapper run [-vm key=value[,...]]... [--as USER] SCRIPT [ARGS...]"
+USAGE = "usage: vm-wrapper run [-I] [-vm key=value[,...]]... [--as USER] [SCRIPT [ARGS...]]"
 
 
-def parse_args(args: list[str]) -> tuple[dict[str, str], str, str, list[str]]:
+def parse_args(args: list[str]) -> tuple[dict[str, str], str, bool, list[str]]:
+    """(-vm keys, user, interactive, [script, args...])."""
     vm: dict[str, str] = {}
     user = os.environ.get("SUDO_USER", "")
+    interactive = False
     rest = list(args)
     while rest and rest[0].startswith("-"):
         option = rest.pop(0)
@@ -36,15 +41,17 @@ def parse_args(args: list[str]) -> tuple[dict[str, str], str, str, list[str]]:
             vm.update(parse_vm_option(rest.pop(0)))
         elif option == "--as" and rest:
             user = rest.pop(0)
+        elif option == "-I":
+            interactive = True
         elif option == "--":
             break
         else:
             raise RequestError([f"unknown option {option!r}; {USAGE}"])
-    if not rest:
+    if not rest and not interactive:
         raise RequestError([USAGE])
     if not user:
         raise RequestError(["say which user the job runs as: --as USER"])
-    return vm, user, rest[0], rest[1:]
+    return vm, user, interactive, rest
 
 
 def directive_vm_options(script: bytes) -> dict[str, str]:
@@ -65,10 +72,11 @@ def directive_vm_options(script: bytes) -> dict[str, str]:
 def run(args: list[str]) -> int:
     if os.geteuid() != 0:
         raise RequestError(["vm-wrapper run boots VMs for you and must run as root (sudo)"])
-    cli_vm, user, script_path, script_args = parse_args(args)
+    cli_vm, user, interactive, command = parse_args(args)
     config = config_mod.load()
     limit = config.MAX_USER_FILE_KB * 1024
-    script = local.read_as_user(user, script_path, limit)
+    script_path = command[0] if command else "INTERACTIVE"
+    script = local.read_as_user(user, script_path, limit) if command else b""
     raw = {**directive_vm_options(script), **cli_vm}
     request = validate(raw, config)
     files = {k: local.read_as_user(user, getattr(request, k), limit)
@@ -77,8 +85,9 @@ def run(args: list[str]) -> int:
     copy = local.store_script_copy(
         config.STATE_DIR, jobid, requestblock.encode(request.to_raw(), files) + "\n"
     )
-    payload = {"v": 1, "script": base64.b64encode(script).decode(), "args": script_args,
-               "shell": "", "name": Path(script_path).name}  # fmt: skip
+    payload = {"v": 1, "script": base64.b64encode(script).decode(), "args": command[1:],
+               "shell": "", "name": Path(script_path).name,
+               "interactive": interactive}  # fmt: skip
     return _lifecycle(config, jobid, user, copy, payload)
 
 
@@ -111,18 +120,23 @@ def _lifecycle(
 
 
 def _run_job(config: config_mod.Config, jobid: str, user: str, payload: dict[str, object]) -> int:
-    import pwd  # noqa: PLC0415
-
     home = pwd.getpwnam(user).pw_dir
     env = {"USER": user, "LOGNAME": user, "HOME": home, "PATH": "/usr/bin:/bin",
            "LANG": "C.UTF-8", "VMW_JOBID": jobid, "PBS_JOBID": jobid,
            "PBS_JOBNAME": str(payload["name"]), "PBS_O_WORKDIR": os.getcwd()}  # fmt: skip
-    child = proc.spawn(
-        [local.RUNUSER, "-u", user, "--", config.NODE_PYTHON, "-I", "-m", "vmwrapper",
-         "job-run"], env=env, stdin_pipe=True,
-    )  # fmt: skip
+    command = [local.RUNUSER, "-u", user, "--", config.NODE_PYTHON, "-I", "-m", "vmwrapper",
+               "job-run"]  # fmt: skip
+    encoded = base64.b64encode(json.dumps(payload).encode())
+    if payload.get("interactive"):
+        # The terminal stays the job's stdin: the payload goes in a file only the user reads.
+        env["TERM"] = os.environ.get("TERM", "xterm")
+        owner = (pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
+        path = Path(config.STATE_DIR) / "jobs" / job_tag(jobid) / "user" / "payload"
+        write_file(path, encoded, 0o600, owner)
+        return proc.spawn([*command, "--payload-file", str(path)], env=env).wait()
+    child = proc.spawn(command, env=env, stdin_pipe=True)
     assert child.stdin is not None
-    child.stdin.write(base64.b64encode(json.dumps(payload).encode()))
+    child.stdin.write(encoded)
     child.stdin.close()
     try:
         return child.wait()
