@@ -126,9 +126,10 @@ def prologue(ctx: HookContext, config: Config, boot: Callable[..., None]) -> Nod
     state.bump_attempts()
     state.record("jobid", ctx.jobid)
     try:
-        if ctx.first_node:
+        if ctx.first_node and ctx.backend != "slurm":
             # Torque and our local backend finish every sister's prologue before the first
             # node's starts: a missing sister VM fails the job now, before a wasted boot.
+            # Slurm runs all Prologs at once; there the job wrapper's wait covers it.
             wait_for_other_nodes(plan, config)
         boot(plan=plan, block=block, state=state, hypervisor=hypervisor, config=config)
     except BaseException:

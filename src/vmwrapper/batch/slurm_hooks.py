@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmwrapper.batch.hookctx import HookContext, int_env
+from vmwrapper.config import is_whole_number
 from vmwrapper.errors import CommandError, PermanentJobError
 
 EVENTS = {"prolog": "prologue", "epilog": "epilogue"}
@@ -115,7 +116,7 @@ def parse(event_name: str, env: dict[str, str]) -> HookContext:
     if event_name not in EVENTS:
         raise PermanentJobError(f"unknown Slurm hook {event_name!r}")
     jobid = env.get("SLURM_JOB_ID", "")
-    if not jobid.isdigit():
+    if not is_whole_number(jobid):
         raise PermanentJobError(f"hook environment: SLURM_JOB_ID={jobid[:20]!r} is not a job id")
     try:
         nodes = expand_hostlist(env.get("SLURM_NODELIST") or env.get("SLURM_JOB_NODELIST", ""))
@@ -134,7 +135,7 @@ def parse(event_name: str, env: dict[str, str]) -> HookContext:
         num_nodes=int_env(env, "SLURM_JOB_NUM_NODES", len(nodes)),
         cores_on_node=cpus[rank] if rank < len(cpus) else cpus[-1],
         first_node=rank == 0,
-        exit_status=int(exit_text) if exit_text.isdigit() else None,
+        exit_status=int(exit_text) if is_whole_number(exit_text) else None,
     )
 
 
@@ -148,7 +149,7 @@ def restart_count(env: dict[str, str]) -> int:
     """How often Slurm requeued the job: counts attempts across nodes (a drained node never
     sees the job again, so a per-node counter would not stop a job draining them all)."""
     text = env.get("SLURM_JOB_RESTART_COUNT", "0")
-    return int(text) if text.isdigit() else 0
+    return int(text) if is_whole_number(text) else 0
 
 
 # -- outcomes -> Slurm -----------------------------------------------------------------------

@@ -28,6 +28,10 @@ def run(args: list[str]) -> int:
     os.umask(0o077)
     if backend == "torque":
         return _torque(event, argv)
+    if backend == "slurm" and not argv:  # Slurm hooks get no argv, only SLURM_* variables
+        from vmwrapper.cli.hook_slurm import run_slurm  # noqa: PLC0415
+
+        return run_slurm(event, dict(os.environ))
     print(f"vm-wrapper: unknown hook backend {backend!r}", file=sys.stderr)
     return 2
 

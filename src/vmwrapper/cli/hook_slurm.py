@@ -64,7 +64,7 @@ def _prolog(ctx: HookContext, env: dict[str, str]) -> int:
         # first node's Torque-style wait for them before booting would stall it 60 s and
         # fail. The batch script starts when the first node's Prolog ends (measured) and
         # the job wrapper waits for every VM itself.
-        node_ctx = replace(ctx, script_path=str(script), first_node=False)
+        node_ctx = replace(ctx, script_path=str(script))
         node.prologue(node_ctx, config, boot.boot_node)
         return sh.RUN
     except VmWrapperError as err:

@@ -1,8 +1,9 @@
 """``vm-wrapper reap``: remove VMs and state of jobs that no longer run on this node (root).
 
-A job counts as gone only when its batch system says so locally and cheaply: Torque keeps
-mom_priv/jobs/<jobid>* while the job is on this mom; a local job lives as long as its
-`vm-wrapper run` process. When no batch system can vouch, the job is left alone.
+A job counts as gone only when its batch system says so: Torque keeps mom_priv/jobs/<jobid>*
+while the job is on this mom; Slurm's squeue must not list it (slurmctld unreachable counts as
+"still there"); a local job lives as long as its `vm-wrapper run` process. When no batch
+system can vouch, the job is left alone.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ def torque_job_present(torque_home: str, jobid: str) -> bool | None:
 
 
 def job_is_active(config: config_mod.Config, jobid: str) -> bool:
+    if config_mod.is_whole_number(jobid):  # Slurm job ids are plain numbers
+        from vmwrapper.batch import slurm_hooks  # noqa: PLC0415
+
+        return slurm_hooks.job_is_active(jobid)
     if jobid.endswith(".local"):
         return local.job_is_active(config.STATE_DIR, jobid)
     present = torque_job_present(config.TORQUE_HOME, jobid)
