@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +65,8 @@ def boot_node(
             start(vm)
     wait_ready(hypervisor, watches, config.TIMEOUT, lambda n, e: state.mark(f"{n}:{e}"))
     state.mark("node_ready")
+    for watch in watches:
+        give_console_to_user(watch.console_file, plan.alloc.uid, plan.alloc.gid)
     if plan.alloc.rank == 0:
         write_user_files(plan, inputs, state)
 
@@ -197,10 +200,6 @@ def _start_vm(
     state.mark(f"{vm.name}:seed")
     for path in (paths.console, paths.ready):
         state.record("file", str(path))
-    # The console log is the user's to read (`vm-wrapper console`): created owned by them,
-    # virtlogd (root) appends and keeps the owner; the root 0711 directory stops the user
-    # from swapping the file for a link.
-    write_file(paths.console, b"", 0o640, (plan.alloc.uid, plan.alloc.gid))
     xml = render.render_domain(
         vm=vm, plan=plan, config=config, paths=paths, accel=inputs.accel, image=inputs.image,
         shares=inputs.shares,
@@ -215,6 +214,23 @@ def _start_vm(
 def _known_hosts(plan: JobPlan, secret: bytes) -> list[str]:
     hosts = [(vm.index, vm.hostname, vm.address) for vm in plan.all_vms]
     return keys.known_hosts_lines(secret, plan.alloc.jobid, hosts)
+
+
+def give_console_to_user(console: Path, uid: int, gid: int) -> None:
+    """The console log is the user's to read (`vm-wrapper console`). libvirt takes the file
+    back to root 0600 when the domain starts, so hand it over once the guest is up; virtlogd
+    keeps appending through its open descriptor. The root 0711 directory stops the user
+    from swapping the file for a link; O_NOFOLLOW stops us from following one."""
+    try:
+        fd = os.open(console, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        log.warning("console log %s: %s", console, err.strerror)
+        return
+    try:
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, 0o640)
+    finally:
+        os.close(fd)
 
 
 def write_user_files(plan: JobPlan, inputs: NodeInputs, state: NodeState) -> None:
