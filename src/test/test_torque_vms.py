@@ -293,3 +293,23 @@ def test_crash_mid_boot_is_cleaned_up_by_reap(user: JobUser, site_base: Path) ->
         )
         assert "reaped 708.vm" in reap.stderr
         assert leftovers(config, job.jobid) == []
+
+
+def test_a_prologue_reaps_leftovers_of_jobs_that_are_gone(user: JobUser, site_base: Path) -> None:
+    with system_config() as config:
+        stale = node_state(config, "99.local", 0)  # a local job whose process is long gone
+        stale.create()
+        stale.record("jobid", "99.local")
+        stale.record("file", str(stale.node_dir / "vm.console.log"))
+        (stale.node_dir / "vm.console.log").write_text("old")
+        site = make_site(site_base, 1)
+        job = Job(
+            user=user,
+            script=request_script(img="no-such-image"),
+            jobid="709.vm",
+            ppn=2,
+            payload=["/bin/true"],
+        )
+        assert site.run(job).state == "aborted"
+        assert leftovers(config, "99.local") == []
+        assert leftovers(config, job.jobid) == []

@@ -122,6 +122,7 @@ def prologue(ctx: HookContext, config: Config, boot: Callable[..., None]) -> Nod
     hypervisor = Hypervisor(config.LIBVIRT_URI)
     if state.exists():  # an earlier attempt of this job died here: start clean
         teardown(state, hypervisor, config)
+    _reap_quietly(config, ctx.jobid)
     state.create()
     state.bump_attempts()
     state.record("jobid", ctx.jobid)
@@ -137,6 +138,18 @@ def prologue(ctx: HookContext, config: Config, boot: Callable[..., None]) -> Nod
         teardown(state, hypervisor, config)
         raise
     return state
+
+
+def _reap_quietly(config: Config, jobid: str) -> None:
+    """Leftovers of crashed jobs cost this node resources: clean them now (cheap: a
+    directory listing per job and one libvirt call). Never fails the prologue."""
+    from vmwrapper.batch.activity import job_is_active  # noqa: PLC0415
+
+    try:
+        for item in reap(config, lambda other: other == jobid or job_is_active(config, other)):
+            log.warning("reaped leftovers of %s", item)
+    except (VmWrapperError, OSError) as err:
+        log.warning("reap before boot failed: %s", err)
 
 
 def wait_for_other_nodes(plan: JobPlan, config: Config, seconds: float = 60) -> None:

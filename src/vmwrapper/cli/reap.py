@@ -1,38 +1,13 @@
 """``vm-wrapper reap``: remove VMs and state of jobs that no longer run on this node (root).
 
-A job counts as gone only when its batch system says so: Torque keeps mom_priv/jobs/<jobid>*
-while the job is on this mom; Slurm's squeue must not list it (slurmctld unreachable counts as
-"still there"); a local job lives as long as its `vm-wrapper run` process. When no batch
-system can vouch, the job is left alone.
+Which jobs are gone is decided by batch/activity.py; when in doubt, nothing is reaped.
 """
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 
 from vmwrapper import config as config_mod
-from vmwrapper.batch import local
-
-
-def torque_job_present(torque_home: str, jobid: str) -> bool | None:
-    """True/False from pbs_mom's job directory; None when this is no Torque node."""
-    jobs = Path(torque_home) / "mom_priv" / "jobs"
-    if not jobs.is_dir():
-        return None
-    return any(name.startswith(jobid) for name in os.listdir(jobs))
-
-
-def job_is_active(config: config_mod.Config, jobid: str) -> bool:
-    if config_mod.is_whole_number(jobid):  # Slurm job ids are plain numbers
-        from vmwrapper.batch import slurm_hooks  # noqa: PLC0415
-
-        return slurm_hooks.job_is_active(jobid)
-    if jobid.endswith(".local"):
-        return local.job_is_active(config.STATE_DIR, jobid)
-    present = torque_job_present(config.TORQUE_HOME, jobid)
-    return True if present is None else present
 
 
 def run(args: list[str]) -> int:
@@ -40,6 +15,7 @@ def run(args: list[str]) -> int:
         print("usage: vm-wrapper reap", file=sys.stderr)
         return 2
     from vmwrapper import node  # noqa: PLC0415
+    from vmwrapper.batch.activity import job_is_active  # noqa: PLC0415
 
     config = config_mod.load()
     for item in node.reap(config, lambda jobid: job_is_active(config, jobid)):
