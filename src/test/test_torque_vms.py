@@ -114,6 +114,7 @@ def test_too_small_allocation_aborts_with_the_ppn_to_ask_for(
         ({"ram": "9999T"}, "ram"),
         ({"vms_per_node": "1000"}, "vms_per_node"),
         ({"vrdma": "true"}, "not enabled on this site"),
+        ({"ram": "200G"}, "MB of RAM; the job's VMs need"),
     ],
 )
 def test_hostile_requests_are_refused_before_anything_exists(

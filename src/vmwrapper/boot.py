@@ -19,7 +19,7 @@ from typing import Any
 
 from vmwrapper import disks, keys
 from vmwrapper.config import Config
-from vmwrapper.errors import RequestError
+from vmwrapper.errors import NodeError, PermanentJobError, RequestError
 from vmwrapper.hypervisor import BootWatch, Hypervisor, kvm_runs_guests, wait_ready
 from vmwrapper.plan import JobPlan, VmSpec
 from vmwrapper.requestblock import RequestBlock
@@ -80,6 +80,8 @@ def _gather_inputs(
     disk = None
     if request.disk and plan.alloc.rank == 0:
         disk = disks.check_user_disk(request.disk, plan.alloc.uid)
+        lock_disk(disk, plan.alloc.jobid, state)
+    check_host_memory(plan, config)
     overlay_root = config.RAMDISK_DIR if request.fs_type == "ramdisk" else config.OVERLAY_DIR
     overlay_dir = Path(overlay_root) / plan.tag
     ensure_root_dir(Path(overlay_root))
@@ -95,6 +97,35 @@ def _gather_inputs(
         shares=shares_for(config),
         overlay_dir=overlay_dir,
     )
+
+
+def lock_disk(disk: disks.UserDisk, jobid: str, state: NodeState) -> None:
+    """One job at a time per persistent disk (two writers would corrupt it). The lock is
+    keyed by device and inode, so no path trick gets around it, and journalled so that
+    teardown releases it."""
+    locks = ensure_root_dir(state.root / "locks", 0o700)
+    lock = locks / f"disk-{disk.device}-{disk.inode}"
+    try:
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        holder = lock.read_text(errors="replace").strip() or "another job"
+        raise NodeError(f"disk={disk.path}: in use by job {holder}") from None
+    state.record("file", str(lock))
+    with os.fdopen(fd, "w") as handle:
+        handle.write(jobid)
+
+
+def check_host_memory(plan: JobPlan, config: Config) -> None:
+    """The node must hold this node's VMs, QEMU's own overhead and the host's reserve."""
+    need = plan.request.host_ram_needed_mb(config)
+    with open("/proc/meminfo", encoding="ascii") as handle:
+        total_kb = next(int(line.split()[1]) for line in handle if line.startswith("MemTotal:"))
+    if total_kb // 1024 < need:
+        raise PermanentJobError(
+            f"this node has {total_kb // 1024} MB of RAM; the job's VMs need {need} MB "
+            f"({config.HOST_OS_RAM_MB} MB for the host + {plan.request.vms_per_node} x "
+            f"({plan.request.ram_mb} MB + {config.QEMU_OVERHEAD_MB} MB QEMU overhead))"
+        )
 
 
 def _image(name: str, config: Config, uid: int) -> disks.BaseImage:
