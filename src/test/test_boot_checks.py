@@ -21,7 +21,7 @@ def test_a_persistent_disk_serves_one_job_at_a_time(tmp_path: Path) -> None:
     lock_disk(disk, "1.srv", first)
     second = NodeState(tmp_path, "2.srv", 0)
     second.create()
-    with pytest.raises(NodeError, match="in use by job 1.srv"):
+    with pytest.raises(NodeError, match=r"in use by job 1\.srv"):
         lock_disk(disk, "2.srv", second)
     # The lock is the first job's: its journal has it, the second job's does not.
     assert [e["kind"] for e in first.entries()] == ["file"]
