@@ -74,6 +74,7 @@ VALID = [
     ("hypervisor", "qemu", "hypervisor", "qemu"),
     ("vrdma", "false", "vrdma", False),
     ("iocm", "no", "iocm", False),
+    ("mounts", "", "mounts", ()),
 ]
 
 
@@ -106,6 +107,7 @@ INVALID = [
     ("iocm", "true", "this device option is not enabled on this site"),
     ("iocm_min_cores", "1", "needs iocm=true, which is not enabled on this site"),
     ("iocm_max_cores", "2", "needs iocm=true, which is not enabled on this site"),
+    ("mounts", "/work/x", "not inside an allowed directory: none"),
 ]
 
 
@@ -161,3 +163,20 @@ def test_fuzzed_raw_requests_fail_only_with_request_errors(raw: dict[str, str]) 
         validate(raw, DEFAULTS)
     except RequestError as err:
         assert err.problems
+
+
+def test_user_mounts_only_inside_the_admin_roots() -> None:
+    from dataclasses import replace
+
+    cfg = replace(DEFAULTS, USER_MOUNT_ROOTS=("/work", "/scratch/"))
+    request = validate({"mounts": "/work/p1:/scratch/me/run"}, cfg)
+    assert request.mounts == ("/work/p1", "/scratch/me/run")
+    assert validate(request.to_raw(), cfg) == request
+    for bad, needle in [
+        ("/workshop", "not inside"),
+        ("/etc", "not inside"),
+        ("/work/../etc", "no '..'"),
+        (":".join(["/work/x"] * 9), "at most 8"),
+    ]:
+        problems = problems_of({"mounts": bad}, cfg)
+        assert len(problems) == 1 and needle in problems[0], problems

@@ -524,8 +524,7 @@ def _boot_two_guests(work: Path) -> None:  # runs as __main__ inside the private
     watch = {}
     for vm in plan.vms:
         paths = VmPaths.for_vm(vm, work, work)
-        disks.create_overlay(image, paths.overlay)
-        os.chown(paths.overlay, *owner)  # libvirt relabels nothing: the caller's duty
+        disks.create_overlay(image, paths.overlay, owner)
         nonce = secrets.token_hex(16)
         seed.write_seed(
             vm=vm, plan=plan, config=cfg, paths=paths, nonce=nonce,

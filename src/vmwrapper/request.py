@@ -18,13 +18,14 @@ from vmwrapper.errors import RequestError
 VM_KEYS: tuple[str, ...] = (
     "img", "distro", "arch", "vcpus", "ram", "vms_per_node", "disk", "vcpu_pinning",
     "fs_type", "vm_prologue", "vm_epilogue", "metadata", "hypervisor", "vrdma", "iocm",
-    "iocm_min_cores", "iocm_max_cores",
+    "iocm_min_cores", "iocm_max_cores", "mounts",
 )  # fmt: skip
 FILE_KEYS: tuple[str, ...] = ("vm_prologue", "vm_epilogue", "metadata")
 DISTROS: tuple[str, ...] = ("debian", "ubuntu", "redhat")
 FS_TYPES: tuple[str, ...] = ("sharedfs", "ramdisk")
 HYPERVISORS: tuple[str, ...] = ("kvm", "qemu")
 IMAGE_SUFFIXES: tuple[str, ...] = (".qcow2", ".img", ".raw")
+MAX_USER_MOUNTS = 8
 
 _IMAGE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\Z")
 _USER_PATH_RE = re.compile(r"/[A-Za-z0-9._+/@-]{1,4095}\Z")
@@ -52,15 +53,18 @@ class VmRequest:
     iocm: bool
     iocm_min_cores: int
     iocm_max_cores: int
+    mounts: tuple[str, ...] = ()  # user's host directories, each inside USER_MOUNT_ROOTS
 
     def to_raw(self) -> dict[str, str]:
         """Canonical key=value text form: what travels in the job script."""
         raw: dict[str, str] = {}
         for key, value in asdict(self).items():
             name = "ram" if key == "ram_mb" else key
-            if value == "" or (key.startswith("iocm_") and not self.iocm):
+            if value in ("", ()) or (key.startswith("iocm_") and not self.iocm):
                 continue  # not applicable: re-validation must not see it as a request
-            if isinstance(value, bool):
+            if isinstance(value, tuple):
+                raw[name] = ":".join(value)
+            elif isinstance(value, bool):
                 raw[name] = "true" if value else "false"
             elif key == "ram_mb":
                 raw[name] = f"{value}M"
@@ -139,6 +143,7 @@ class _Checker:
             iocm=iocm,
             iocm_min_cores=self._iocm_cores("iocm_min_cores", cfg.IOCM_MIN_CORES_DEFAULT, iocm),
             iocm_max_cores=self._iocm_cores("iocm_max_cores", cfg.IOCM_MAX_CORES_DEFAULT, iocm),
+            mounts=self._mounts(),
         )  # fmt: skip
 
     def _fail(self, key: str, value: str, why: str) -> None:
@@ -204,6 +209,25 @@ class _Checker:
             self._fail(key, value, "expected an absolute path of plain names (no '..')")
             return ""
         return value
+
+    def _mounts(self) -> tuple[str, ...]:
+        """mounts=/work/a:/scratch/b: host directories inside the admin's USER_MOUNT_ROOTS.
+        QEMU runs as the job user, so a share never gives more than the user already has."""
+        value = self.raw.get("mounts", "")
+        paths = tuple(p for p in value.split(":") if p)
+        roots = self.config.USER_MOUNT_ROOTS
+        allowed = " ".join(roots) or "none (USER_MOUNT_ROOTS is empty)"
+        if len(paths) > MAX_USER_MOUNTS:
+            self._fail("mounts", value, f"at most {MAX_USER_MOUNTS} directories")
+            return ()
+        for path in paths:
+            if not is_safe_absolute_path(path):
+                self._fail("mounts", path, "expected absolute paths of plain names (no '..')")
+                return ()
+            if not any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots):
+                self._fail("mounts", path, f"not inside an allowed directory: {allowed}")
+                return ()
+        return paths
 
     def _image(self) -> str:
         value = self.raw.get("img", self.config.IMG_DEFAULT)
