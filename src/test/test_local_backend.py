@@ -28,9 +28,10 @@ def user_script(user: JobUser, name: str, body: str) -> Path:
     return path
 
 
-def run_job(user: JobUser, script: Path) -> subprocess.CompletedProcess[str]:
+def run_job(user: JobUser, script: Path, extra: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [VMW, "run", "-vm", "img=debian12,vcpus=1,ram=1G", "--as", user.name, str(script)],
+        [VMW, "run", "-vm", "img=debian12,vcpus=1,ram=1G" + extra, "--as", user.name,
+         str(script)],
         capture_output=True, text=True, cwd=user.home, timeout=600, check=False,
     )  # fmt: skip
 
@@ -133,3 +134,24 @@ def test_interactive_job_and_other_users_are_kept_out() -> None:
             assert leftovers(config, jobid) == []
         finally:
             subprocess.run(["tmux", "kill-session", "-t", session], check=False)
+
+
+def test_vm_prologue_and_epilogue_run_around_the_job() -> None:
+    user = ensure_job_user()
+    prologue = user_script(user, "pro.sh", "echo from-prologue > /tmp/prologue-ran\n")
+    epilogue = user_script(user, "epi.sh", "echo epilogue-ran; exit 6\n")
+    job = user_script(user, "job.sh", "cat /tmp/prologue-ran; echo job-ran\n")
+    failing = user_script(user, "bad.sh", "echo broken >&2; exit 9\n")
+    with system_config() as config, ThreadPoolExecutor(2) as pool:
+        good, bad = pool.map(
+            lambda extra: run_job(user, job, extra),
+            [f",vm_prologue={prologue},vm_epilogue={epilogue}", f",vm_prologue={failing}"],
+        )
+        assert good.returncode == 0, good.stderr
+        assert good.stdout.split() == ["from-prologue", "job-ran", "epilogue-ran"]
+        assert "vm_epilogue failed (exit 6)" in good.stderr
+        assert bad.returncode == 9
+        assert "job-ran" not in bad.stdout
+        assert "vm_prologue failed (exit 9); the job did not run" in bad.stderr
+        for result in (good, bad):
+            assert leftovers(config, jobid_of(result.stderr)) == []

@@ -68,7 +68,7 @@ def boot_node(
     for watch in watches:
         give_console_to_user(watch.console_file, plan.alloc.uid, plan.alloc.gid)
     if plan.alloc.rank == 0:
-        write_user_files(plan, inputs, state)
+        write_user_files(plan, inputs, state, block)
 
 
 def _gather_inputs(
@@ -94,7 +94,7 @@ def _gather_inputs(
         user_key=keys.user_key(secret, plan.alloc.jobid),
         metadata=parse_user_metadata(block.files.get("metadata"), config),
         disk=disk,
-        shares=shares_for(config),
+        shares=shares_for(config, request.mounts),
         overlay_dir=overlay_dir,
     )
 
@@ -200,10 +200,15 @@ def parse_user_metadata(blob: bytes | None, config: Config) -> dict[str, Any]:
     return data
 
 
-def shares_for(config: Config) -> tuple[tuple[str, str], ...]:
-    return tuple(
-        (path, f"vmwshare{i}") for i, path in enumerate(config.SHARED_MOUNTS) if Path(path).is_dir()
-    )
+def shares_for(config: Config, user_mounts: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """(host directory, 9p tag): the admin's SHARED_MOUNTS, then the user's own mounts
+    (validated against USER_MOUNT_ROOTS); mounted at the same path in the guest."""
+    missing = [path for path in user_mounts if not Path(path).is_dir()]
+    if missing:
+        raise RequestError([f"mounts={path!r}: no such directory on this node" for path in missing])
+    paths = [p for p in config.SHARED_MOUNTS if Path(p).is_dir()]
+    paths += [p for p in user_mounts if p not in paths]
+    return tuple((path, f"vmwshare{i}") for i, path in enumerate(paths))
 
 
 def _start_vm(
@@ -264,10 +269,16 @@ def give_console_to_user(console: Path, uid: int, gid: int) -> None:
         os.close(fd)
 
 
-def write_user_files(plan: JobPlan, inputs: NodeInputs, state: NodeState) -> None:
-    """What the job user needs on the first node: key, known_hosts, the VM list."""
+def write_user_files(
+    plan: JobPlan, inputs: NodeInputs, state: NodeState, block: RequestBlock
+) -> None:
+    """What the job user needs on the first node: key, known_hosts, the VM list, and the
+    vm_prologue/vm_epilogue scripts embedded at submission (the user's own content)."""
     ensure_root_dir(state.user_dir)
     owner = (plan.alloc.uid, plan.alloc.gid)
+    for name in ("vm_prologue", "vm_epilogue"):
+        if block.files.get(name):
+            write_file(state.user_dir / name, block.files[name], 0o600, owner)
     key = inputs.user_key.private_openssh.encode()
     write_file(state.user_dir / "id_ed25519", key, 0o600, owner)
     known = "\n".join(_known_hosts(plan, inputs.secret)) + "\n"

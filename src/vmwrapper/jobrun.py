@@ -31,6 +31,7 @@ from vmwrapper.plan import job_tag
 
 SSH = "/usr/bin/ssh"
 READY_WAIT_SECONDS = 120
+BOOT_FINISHED = "/var/lib/cloud/instance/boot-finished"  # cloud-init's last act
 EXIT_SETUP_FAILED = 125  # like env(1)/runners: the job itself never started
 
 
@@ -72,16 +73,45 @@ def ssh_argv(files: JobFiles, user: str, address: str, *, tty: bool = False) -> 
     ]  # fmt: skip
 
 
-def wait_until_answering(files: JobFiles, seconds: float = READY_WAIT_SECONDS) -> None:
-    """Every VM's sshd must answer (bounded), else one clear line naming the VM."""
-    from vmwrapper.node import ssh_banner  # noqa: PLC0415
-
+def wait_until_answering(
+    files: JobFiles, env: dict[str, str], seconds: float = READY_WAIT_SECONDS
+) -> None:
+    """Every VM must be ready (bounded), else one clear line naming the VM."""
     deadline = time.monotonic() + seconds
+    user = pwd.getpwuid(os.getuid()).pw_name
     for vm in files.vms:
-        while not ssh_banner(vm["address"]):
+        while not vm_ready(files, vm, user, booted=not _concurrent_boot(env, vm)):
             if time.monotonic() > deadline:
                 raise NodeError(f"VM {vm['hostname']} ({vm['address']}) does not answer")
             time.sleep(1)
+
+
+def _concurrent_boot(env: dict[str, str], vm: dict[str, Any]) -> bool:
+    """Slurm starts the batch script when the first node's Prolog is done, while the other
+    nodes' Prologs may still boot their VMs (Torque runs the sisters' first)."""
+    return "SLURM_JOB_ID" in env and "PBS_JOBID" not in env and int(vm.get("rank", 0)) != 0
+
+
+def _wait_seconds(config: Config, env: dict[str, str]) -> float:
+    """On Slurm another node may have just begun a boot that may take TIMEOUT."""
+    return max(READY_WAIT_SECONDS, config.TIMEOUT + 30) if "SLURM_JOB_ID" in env else (
+        READY_WAIT_SECONDS)  # fmt: skip
+
+
+def vm_ready(files: JobFiles, vm: dict[str, Any], user: str, *, booted: bool) -> bool:
+    """A VM its node reported ready needs only to answer. One that may still be booting
+    must have finished cloud-init: its sshd answers early, then runcmd restarts it
+    (measured on Slurm: 'Connection refused' from vm0 to vm1 a second before vm1's node
+    saw it ready); cloud-init writes boot-finished after runcmd."""
+    from vmwrapper.node import ssh_banner  # noqa: PLC0415
+
+    if booted:
+        return ssh_banner(vm["address"])
+    argv = [*ssh_argv(files, user, vm["address"]), "test", "-e", BOOT_FINISHED]
+    try:
+        return proc.run(argv, timeout=30, ok_codes=range(256)).returncode == 0
+    except CommandError:
+        return False
 
 
 def runner_script(payload: dict[str, Any], files: JobFiles, env: dict[str, str]) -> str:
@@ -135,18 +165,42 @@ def interactive_command(files: JobFiles, env: dict[str, str]) -> str:
 
 def run_interactive(config: Config, env: dict[str, str]) -> int:
     files = load_job_files(config, job_id(env))
-    wait_until_answering(files)
+    wait_until_answering(files, env, _wait_seconds(config, env))
     user = pwd.getpwuid(os.getuid()).pw_name
     argv = [*ssh_argv(files, user, files.vms[0]["address"], tty=True)]
     return proc.spawn([*argv, interactive_command(files, env)]).wait()
 
 
 def run_in_vm(payload: dict[str, Any], config: Config, env: dict[str, str]) -> int:
+    """vm_prologue, the job, vm_epilogue, each through the same runner inside vm0."""
     if payload.get("interactive"):
         return run_interactive(config, env)
+    files = load_job_files(config, job_id(env))
+    wait_until_answering(files, env, _wait_seconds(config, env))
+    code = _run_user_hook("vm_prologue", files, env)
+    if code != 0:
+        print(f"vm-wrapper: vm_prologue failed (exit {code}); the job did not run",
+              file=sys.stderr)  # fmt: skip
+        return code
+    code = _run_script(payload, files, env)
+    epilogue = _run_user_hook("vm_epilogue", files, env)
+    if epilogue != 0:
+        print(f"vm-wrapper: vm_epilogue failed (exit {epilogue})", file=sys.stderr)
+    return code
+
+
+def _run_user_hook(name: str, files: JobFiles, env: dict[str, str]) -> int:
+    path = files.user_dir / name
+    try:
+        script = path.read_bytes()
+    except FileNotFoundError:
+        return 0
+    payload = {"script": base64.b64encode(script).decode(), "args": [], "shell": ""}
+    return _run_script(payload, files, env)
+
+
+def _run_script(payload: dict[str, Any], files: JobFiles, env: dict[str, str]) -> int:
     jobid = job_id(env)
-    files = load_job_files(config, jobid)
-    wait_until_answering(files)
     user = pwd.getpwuid(os.getuid()).pw_name  # who we are, not what $USER claims
     first = files.vms[0]["address"]
     script = runner_script(payload, files, env)
