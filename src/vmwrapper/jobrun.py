@@ -89,13 +89,14 @@ def wait_until_answering(
 def _concurrent_boot(env: dict[str, str], vm: dict[str, Any]) -> bool:
     """Slurm starts the batch script when the first node's Prolog is done, while the other
     nodes' Prologs may still boot their VMs (Torque runs the sisters' first)."""
-    return "SLURM_JOB_ID" in env and "PBS_JOBID" not in env and int(vm.get("rank", 0)) != 0
+    return "SLURM_JOB_ID" in env and int(vm.get("rank", 0)) != 0
 
 
 def _wait_seconds(config: Config, env: dict[str, str]) -> float:
     """On Slurm another node may have just begun a boot that may take TIMEOUT."""
-    return max(READY_WAIT_SECONDS, config.TIMEOUT + 30) if "SLURM_JOB_ID" in env else (
-        READY_WAIT_SECONDS)  # fmt: skip
+    if "SLURM_JOB_ID" in env:
+        return max(READY_WAIT_SECONDS, config.TIMEOUT + 30)
+    return READY_WAIT_SECONDS
 
 
 def vm_ready(files: JobFiles, vm: dict[str, Any], user: str, *, booted: bool) -> bool:
