@@ -314,3 +314,21 @@ def test_a_prologue_reaps_leftovers_of_jobs_that_are_gone(user: JobUser, site_ba
         assert site.run(job).state == "aborted"
         assert leftovers(config, "99.local") == []
         assert leftovers(config, job.jobid) == []
+
+
+def test_admin_image_with_a_backing_file_is_refused_clearly(user: JobUser, site_base: Path) -> None:
+    pool = Path("/var/lib/vm-wrapper/images")
+    layered = pool / "vmwtest-layered.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                    str(pool / "debian12.qcow2"), str(layered)], check=True)  # fmt: skip
+    try:
+        with system_config() as config:
+            site = make_site(site_base, 1)
+            job = Job(user=user, script=request_script(img="vmwtest-layered"), jobid="710.vm",
+                      ppn=2, payload=["/bin/true"])  # fmt: skip
+            out = site.run(job)
+            assert out.state == "aborted"
+            assert "has a backing file; flatten it" in out.last.stderr_text
+            assert leftovers(config, job.jobid) == []
+    finally:
+        layered.unlink(missing_ok=True)

@@ -39,8 +39,27 @@ def resolve_admin_image(name: str, pool: str) -> BaseImage:
         real = os.path.realpath(candidate)
         if os.path.commonpath([pool_real, real]) != pool_real:
             raise PermanentJobError(f"img={name!r}: image resolves outside the image pool")
-        return _describe(Path(real))
+        image = _describe(Path(real))
+        _refuse_backing_chain(image, name)
+        return image
     raise PermanentJobError(f"img={name!r}: no such image in the image pool {pool}")
+
+
+def _refuse_backing_chain(image: BaseImage, name: str) -> None:
+    """Domain XML spells out each disk's chain and ends it at the base image, so that no
+    qcow2 header can pull in another file. An admin image with a backing file would boot
+    with an empty disk: say so instead."""
+    if image.fmt != "qcow2":
+        return
+    try:
+        data = image_info(image.path, image.fmt)
+    except RequestError as err:
+        raise PermanentJobError(f"img={name!r}: {err.problems[0]}") from None
+    if data.get("backing-filename"):
+        raise PermanentJobError(
+            f"img={name!r}: the admin image has a backing file; flatten it with "
+            "'qemu-img convert' into a standalone image"
+        )
 
 
 def _describe(path: Path) -> BaseImage:
