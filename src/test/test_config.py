@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vmwrapper import config
+from vmwrapper import config, submitcore
 from vmwrapper.cli import admin, qsub
 from vmwrapper.errors import ConfigError
 
@@ -133,17 +133,21 @@ def test_check_config_command_exits_non_zero_on_problems(tmp_path: Path) -> None
     assert "Traceback" not in done.stderr
 
 
-# -- the qsub fast path reads four keys itself; it must agree with the full parser --------
+# -- the qsub/sbatch fast paths read a few keys themselves; they must agree with the full parser
 
 
-def test_fast_defaults_equal_schema_defaults() -> None:
-    assert {k: config.SCHEMA[k]["default"] for k in qsub.FAST_DEFAULTS} == qsub.FAST_DEFAULTS
+FAST_KEYS = qsub.FAST_DEFAULTS
+
+
+@pytest.mark.parametrize("defaults", [qsub.FAST_DEFAULTS])
+def test_fast_defaults_equal_schema_defaults(defaults: dict[str, str]) -> None:
+    assert {k: config.SCHEMA[k]["default"] for k in defaults} == defaults
 
 
 def test_fast_reader_reads_plain_files(tmp_path: Path) -> None:
     conf = tmp_path / "c.conf"
     conf.write_text("REAL_QSUB_ON_SERVER='/opt/torque/bin/qsub' # c\nDISABLE_VM_WRAPPER=Yes\n")
-    values = qsub.fast_values({"VM_WRAPPER_CONF": str(conf)})
+    values = submitcore.fast_values({"VM_WRAPPER_CONF": str(conf)}, FAST_KEYS)
     assert values is not None
     assert values["REAL_QSUB_ON_SERVER"] == "/opt/torque/bin/qsub"
     assert values["DISABLE_VM_WRAPPER"] == "yes"
@@ -163,16 +167,16 @@ def test_fast_reader_reads_plain_files(tmp_path: Path) -> None:
 def test_fast_reader_defers_anything_unusual_to_the_full_parser(tmp_path: Path, line: str) -> None:
     conf = tmp_path / "c.conf"
     conf.write_text(line + "\n")
-    assert qsub.fast_values({"VM_WRAPPER_CONF": str(conf)}) is None
+    assert submitcore.fast_values({"VM_WRAPPER_CONF": str(conf)}, FAST_KEYS) is None
 
 
 VALUE_TEXT = st.text(alphabet=st.sampled_from(list("ab/ \"'$`#\\!;.-=")), max_size=12)
 
 
-@given(st.sampled_from(sorted(qsub.FAST_DEFAULTS)), VALUE_TEXT)
+@given(st.sampled_from(sorted(FAST_KEYS)), VALUE_TEXT)
 def test_fast_reader_agrees_with_full_parser(key: str, value: str) -> None:
     line = f"{key}={value}"
-    fast = qsub.plain_value(value)
+    fast = submitcore.plain_value(value)
     values, problems = config.parse_text(line, "f")
     if fast is not None:  # whatever the fast reader accepts, the full parser reads alike
         assert problems == [] and values == {key: fast}

@@ -13,9 +13,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,108 +21,23 @@ import pytest
 from conftest import REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from submit_site import HEAVY, HOST, SCRIPTS, Site, enc, fast_path_modules, wrapper_parts
 
-from vmwrapper import config, jobpayload, requestblock
+from vmwrapper import config, jobpayload, requestblock, submitcore, submitvm
 from vmwrapper.batch import torque
-from vmwrapper.cli import qsub
+from vmwrapper.cli import qsub, qsub_vm
 from vmwrapper.errors import VmWrapperError
 from vmwrapper.request import validate
 
-SHIM = REPO / "src" / "scripts" / "qsub"
-PYTHON = "/opt/vm-wrapper/venv/bin/python3"
+SHIM = SCRIPTS / "qsub"
 GOLDEN = Path(__file__).parent / "golden" / "qsub"
 REGEN = os.environ.get("VMW_REGEN_GOLDEN") == "1"
-HOST = os.uname().nodename.partition(".")[0]
-STUB = """#!/bin/sh
-printf '%s\\0' "$@" > "$STUB_RECORD/argv"
-cat > "$STUB_RECORD/stdin"
-echo "{jobid}"
-"""
 JOB = b"#!/bin/bash\n#PBS -l walltime=00:10:00\n#PBS -vm vcpus=2\n#PBS -j oe\necho hello\n"
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-    argv: list[bytes] | None  # what the stub got, None if it never ran
-    stdin: bytes | None
-
-
-class Site:
-    """A private site: stub qsubs, an image pool, a config file, a TMPDIR."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.record, self.work, self.tmp = root / "record", root / "work", root / "tmp"
-        for path in (self.record, self.work, self.tmp, root / "pool"):
-            path.mkdir()
-        (root / "pool" / "debian12.qcow2").write_bytes(b"")
-        for name, jobid in (("stub-qsub", "42.server"), ("stub-qsub-nodes", "7.nodes")):
-            (root / name).write_text(STUB.format(jobid=jobid))
-            (root / name).chmod(0o755)
-        self.conf = root / "vm-wrapper.conf"
-        self.configure()
-
-    def configure(self, **extra: str) -> None:
-        settings = {
-            "REAL_QSUB_ON_SERVER": str(self.root / "stub-qsub"),
-            "REAL_QSUB_ON_NODES": str(self.root / "stub-qsub-nodes"),
-            "IMAGE_POOL": str(self.root / "pool"),
-            **extra,
-        }
-        self.conf.write_text("".join(f"{k}='{v}'\n" for k, v in settings.items()))
-
-    def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("PBS_DPREFIX", "POSIXLY_CORRECT")}
-        return {
-            **env,
-            "VM_WRAPPER_CONF": str(self.conf),
-            "VM_WRAPPER_PYTHON": PYTHON,
-            "STUB_RECORD": str(self.record),
-            "TMPDIR": str(self.tmp),
-            **extra,
-        }
-
-    def write(self, name: str, data: bytes, mode: int = 0o644) -> Path:
-        path = self.work / name
-        path.write_bytes(data)
-        path.chmod(mode)
-        return path
-
-    def run(self, args: list[str | bytes], stdin: bytes = b"", **env: str) -> Result:
-        for old in self.record.iterdir():
-            old.unlink()
-        done = subprocess.run(
-            [str(SHIM), *args],
-            input=stdin,
-            capture_output=True,
-            cwd=self.work,
-            env=self.env(**env),
-            check=False,
-        )
-        argv_file, stdin_file = self.record / "argv", self.record / "stdin"
-        argv = argv_file.read_bytes().split(b"\0")[:-1] if argv_file.exists() else None
-        got = stdin_file.read_bytes() if stdin_file.exists() else None
-        return Result(done.returncode, done.stdout.decode(), done.stderr.decode(), argv, got)
 
 
 @pytest.fixture
 def site(tmp_path: Path) -> Site:
     return Site(tmp_path)
-
-
-def enc(args: list[str | bytes]) -> list[bytes]:
-    return [a if isinstance(a, bytes) else a.encode() for a in args]
-
-
-def wrapper_parts(wrapper: bytes) -> tuple[requestblock.RequestBlock, jobpayload.Payload]:
-    block = requestblock.find(wrapper)
-    assert block is not None
-    text = wrapper.decode()
-    body = text.split("<<'VMW_PAYLOAD_END'\n", 1)[1].split("\nVMW_PAYLOAD_END\n", 1)[0]
-    return block, jobpayload.decode(body)
 
 
 # -- pass-through ------------------------------------------------------------------------
@@ -224,37 +137,9 @@ def test_missing_real_qsub_is_one_line(site: Site) -> None:
 
 
 def test_fast_path_imports_almost_nothing(site: Site) -> None:
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); from vmwrapper.cli import qsub\n"
-        "def stop(*a): print(' '.join(sorted(sys.modules))); sys.exit(0)\n"
-        "qsub.exec_qsub = stop\n"
-        "qsub.submit(['-l', 'nodes=1', 'job.sh'], sys.argv[2], __import__('os').environ)"
-    )
-    site.write("job.sh", b"#!/bin/sh\n#PBS -N x\necho\n")
-    done = subprocess.run(
-        [PYTHON, "-I", "-S", "-c", code, str(REPO / "src"), str(SHIM)],
-        cwd=site.work,
-        env=site.env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    loaded = set(done.stdout.split())
-    assert "vmwrapper.batch.torque" in loaded
-    heavy = {
-        "jinja2",
-        "yaml",
-        "json",
-        "ipaddress",
-        "re",
-        "typing",
-        "dataclasses",
-        "subprocess",
-        "vmwrapper.config",
-        "pathlib",
-        "site",
-    }
-    assert loaded & heavy == set()
+    site.write("job.sh", b"#!/bin/sh\n#PBS -N x\n#PBS -vmlookalike\necho\n")
+    loaded = fast_path_modules(site, "qsub", ["-l", "nodes=1", "job.sh"])
+    assert "vmwrapper.batch.torque" in loaded and loaded & HEAVY == set()
 
 
 # -- VM jobs -----------------------------------------------------------------------------
@@ -300,7 +185,7 @@ def test_directives_in_the_wrapper_are_what_torque_reads(site: Site) -> None:
     result = site.run(["job.sh"])
     assert result.code == 0 and result.stdin is not None
     assert b"-N" not in b" ".join(result.argv or [])  # the script names the job itself
-    found, problems = torque.find_directives(qsub.script_lines(result.stdin), "#PBS")
+    found, problems = torque.find_directives(submitcore.script_lines(result.stdin), "#PBS")
     assert problems == [] and [d.words for d in found] == [["-N", "named", "-q", "long"]]
     assert not any(d.parsed.has(torque.VM) for d in found)
     rest = result.stdin.decode().splitlines()[found[-1].last + 1 :]
@@ -371,7 +256,7 @@ def test_interactive_vm_job_is_validated_then_refused(site: Site) -> None:
     assert result.err == "vm-wrapper: vcpus='999': allowed: 1 to 64 (site limit)\n"
     result = site.run(["-I", "-vm", "vcpus=2"])
     assert result.code != 0 and result.argv is None
-    assert result.err == f"vm-wrapper: {qsub.INTERACTIVE_UNSUPPORTED}\n"
+    assert result.err == f"vm-wrapper: {qsub_vm.INTERACTIVE_UNSUPPORTED}\n"
 
 
 def test_disabled_host_refuses_vm_jobs_only(site: Site) -> None:
@@ -576,5 +461,5 @@ def test_payload_round_trip_and_damage() -> None:
 
 
 def test_template_is_found_in_the_source_tree() -> None:
-    assert Path(qsub.template_dir()) == REPO / "src" / "templates"
+    assert Path(submitvm.template_dir()) == REPO / "src" / "templates"
     assert shutil.which("sh")  # the wrapper is a sh script

@@ -24,6 +24,9 @@ job is not a VM job.
 
 from __future__ import annotations
 
+from vmwrapper.batch import argv
+from vmwrapper.batch.argv import DRY_RUN, DRY_RUN_OPTION, END, OPTIONS, VM, Item, last_value
+
 # Not typing.TYPE_CHECKING: importing typing costs ~5 ms on the qsub fast path.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -32,50 +35,20 @@ if TYPE_CHECKING:
 FLAGS = frozenset("EfhInVXxz")
 WITH_VALUE = frozenset("aAbcCdDeFiJjkKlLmMNopPqrStTuvwW")
 VM_OPTION = "-vm"
-DRY_RUN_OPTION = "--vm-dry-run"
 DEFAULT_PREFIX = "#PBS"
 _BLANKS = " \t\n\v\f\r"
 _DIGITS = frozenset("0123456789")
 
-# Item kinds: what a run of argv words means.
-OPTIONS, VM, DRY_RUN, OPERAND, END = "options", "vm", "dry-run", "operand", "end"
+OPERAND = "operand"  # Item kinds beside argv's OPTIONS, VM, DRY_RUN and END
 
 
-class Item:
-    """argv words ``[start, stop)`` and their meaning; ``options`` is [(letter, value)]."""
-
-    __slots__ = ("kind", "options", "start", "stop", "value")
-
-    def __init__(
-        self, kind: str, start: int, stop: int, value: str = "",
-        options: list[tuple[str, str | None]] | None = None,
-    ) -> None:  # fmt: skip
-        self.kind, self.start, self.stop, self.value = kind, start, stop, value
-        self.options = options or []
-
-    def __repr__(self) -> str:
-        return f"Item({self.kind}, {self.start}:{self.stop}, {self.value!r}, {self.options!r})"
-
-
-class Parsed:
+class Parsed(argv.Parsed):
     """A parsed qsub command line (or one directive's words)."""
 
-    __slots__ = ("items", "problems")
-
-    def __init__(self, items: list[Item], problems: list[str]) -> None:
-        self.items, self.problems = items, problems
-
-    def options(self) -> list[tuple[str, str | None]]:
-        return [opt for item in self.items if item.kind == OPTIONS for opt in item.options]
-
-    def vm_values(self) -> list[str]:
-        return [item.value for item in self.items if item.kind == VM]
+    __slots__ = ()
 
     def operands(self) -> list[str]:
         return [item.value for item in self.items if item.kind == OPERAND]
-
-    def has(self, kind: str) -> bool:
-        return any(item.kind == kind for item in self.items)
 
     def script(self) -> str | None:
         """The script operand; None when the script comes on stdin."""
@@ -136,15 +109,6 @@ def _option_cluster(args: Sequence[str], index: int, problems: list[str]) -> Ite
             problems.append(f"unknown qsub option -{letter} (in {word[:40]!r})")
         options.append((letter, None))
     return Item(OPTIONS, index, stop, options=options)
-
-
-def last_value(options: Iterable[tuple[str, str | None]], letter: str) -> str | None:
-    """The value of the last occurrence of ``-letter`` (flags give ''), None if absent."""
-    found: str | None = None
-    for name, value in options:
-        if name == letter:
-            found = "" if value is None else value
-    return found
 
 
 def directive_prefix(parsed: Parsed, environ: Mapping[str, str]) -> str:
@@ -376,3 +340,7 @@ def kept_directive_lines(
         if words:
             kept.append(prefix + " " + " ".join(quote_word(word) for word in words))
     return kept
+
+
+# re-exported: callers see one grammar module (the names this module defines stay public)
+__all__ = ["DRY_RUN", "DRY_RUN_OPTION", "END", "OPTIONS", "VM", "Item", "last_value"]
