@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vmwrapper import config, submitcore
-from vmwrapper.cli import admin, qsub
+from vmwrapper.cli import admin, qsub, sbatch
 from vmwrapper.errors import ConfigError
 
 HOSTILE = [
@@ -136,10 +136,10 @@ def test_check_config_command_exits_non_zero_on_problems(tmp_path: Path) -> None
 # -- the qsub/sbatch fast paths read a few keys themselves; they must agree with the full parser
 
 
-FAST_KEYS = qsub.FAST_DEFAULTS
+FAST_KEYS = {**qsub.FAST_DEFAULTS, **sbatch.FAST_DEFAULTS}
 
 
-@pytest.mark.parametrize("defaults", [qsub.FAST_DEFAULTS])
+@pytest.mark.parametrize("defaults", [qsub.FAST_DEFAULTS, sbatch.FAST_DEFAULTS])
 def test_fast_defaults_equal_schema_defaults(defaults: dict[str, str]) -> None:
     assert {k: config.SCHEMA[k]["default"] for k in defaults} == defaults
 
@@ -160,6 +160,7 @@ def test_fast_reader_reads_plain_files(tmp_path: Path) -> None:
         "export DISABLE_VM_WRAPPER=true",
         "DISABLE_VM_WRAPPER=maybe",
         "REAL_QSUB_ON_NODES=qsub",
+        "REAL_SBATCH=sbatch",
         'SERVER_HOSTNAME="a$b"',
         "X=1 SERVER_HOSTNAME=a",
     ],

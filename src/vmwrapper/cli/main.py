@@ -11,6 +11,7 @@ from importlib import import_module
 COMMANDS: dict[str, tuple[str, str]] = {
     "check-config": ("admin", "print the effective config and its problems"),
     "qsub": ("qsub", "the Torque qsub wrapper (what src/scripts/qsub runs)"),
+    "sbatch": ("sbatch", "the Slurm sbatch wrapper (what src/scripts/sbatch runs)"),
     "hook": ("hook", "root batch hook: hook torque|slurm EVENT ARGS..."),
     "job-run": ("jobrun", "run the job inside its first VM (the job wrapper execs this)"),
     "reap": ("reap", "remove VMs and state of jobs that no longer run here (root)"),
