@@ -115,6 +115,17 @@ def vm_ready(files: JobFiles, vm: dict[str, Any], user: str, *, booted: bool) ->
         return False
 
 
+def job_workdir(env: dict[str, str]) -> str:
+    """Where the job runs in vm0. Slurm starts the batch script in its working directory
+    (--chdir, else the submit directory), which SLURM_SUBMIT_DIR does not follow."""
+    if env.get("PBS_O_WORKDIR"):
+        return env["PBS_O_WORKDIR"]
+    if "SLURM_JOB_ID" in env:
+        with contextlib.suppress(OSError):
+            return os.getcwd()
+    return env.get("SLURM_SUBMIT_DIR", "")
+
+
 def runner_script(payload: dict[str, Any], files: JobFiles, env: dict[str, str]) -> str:
     """The sh script that runs the job inside vm0 (rendered from runner.sh.j2)."""
     from vmwrapper.render import render_template  # noqa: PLC0415
@@ -130,7 +141,7 @@ def runner_script(payload: dict[str, Any], files: JobFiles, env: dict[str, str])
     shell = payload.get("shell") or ""
     command = '"$d/job"' if script.startswith(b"#!") and not shell else (
         f'{shlex.quote(shell or "/bin/bash")} "$d/job"')  # fmt: skip
-    cwd = env.get("PBS_O_WORKDIR") or env.get("SLURM_SUBMIT_DIR") or env.get("HOME", "~")
+    cwd = job_workdir(env) or env.get("HOME", "~")
     values = {
         "workdir_q": shlex.quote(workdir),
         "nodefile_q": shlex.quote(jobenv.nodefile_text(hostnames, vcpus)),
@@ -155,7 +166,7 @@ def interactive_command(files: JobFiles, env: dict[str, str]) -> str:
     )
     guest_env["TERM"] = env.get("TERM", "xterm")
     exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(guest_env.items()))
-    cwd = env.get("PBS_O_WORKDIR") or env.get("SLURM_SUBMIT_DIR") or "~"
+    cwd = job_workdir(env) or "~"
     nodefile = shlex.quote(jobenv.nodefile_text(hostnames, vcpus))
     return (
         f"umask 077; mkdir -p {workdir} && printf %s {nodefile} > {workdir}/nodefile; "
