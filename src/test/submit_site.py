@@ -19,6 +19,8 @@ HOST = os.uname().nodename.partition(".")[0]
 STUB = """#!/bin/sh
 printf '%s\\0' "$@" > "$STUB_RECORD/argv"
 cat > "$STUB_RECORD/stdin"
+for last; do :; done
+case "$last" in /dev/fd/*) cat "$last" > "$STUB_RECORD/script" ;; esac
 echo "{jobid}"
 """
 STUBS = {"stub-qsub": "42.server", "stub-qsub-nodes": "7.nodes", "stub-sbatch": "43"}

@@ -25,7 +25,7 @@ from submit_site import HEAVY, HOST, SCRIPTS, Site, enc, fast_path_modules, wrap
 
 from vmwrapper import config, jobpayload, requestblock, submitcore, submitvm
 from vmwrapper.batch import torque
-from vmwrapper.cli import qsub, qsub_vm
+from vmwrapper.cli import qsub
 from vmwrapper.errors import VmWrapperError
 from vmwrapper.request import validate
 
@@ -250,13 +250,22 @@ def test_dry_run_of_a_plain_job_shows_it_unchanged(site: Site) -> None:
     ]
 
 
-def test_interactive_vm_job_is_validated_then_refused(site: Site) -> None:
+def test_interactive_vm_job_is_validated_then_runs_the_wrapper_in_the_session(
+    site: Site,
+) -> None:
     result = site.run(["-I", "-vm", "vcpus=999"])
     assert result.code != 0 and result.argv is None
     assert result.err == "vm-wrapper: vcpus='999': allowed: 1 to 64 (site limit)\n"
-    result = site.run(["-I", "-vm", "vcpus=2"])
-    assert result.code != 0 and result.argv is None
-    assert result.err == f"vm-wrapper: {qsub_vm.INTERACTIVE_UNSUPPORTED}\n"
+    result = site.run(["-I", "-vm", "vcpus=1"], stdin=b"typed by the user\n")
+    assert result.code == 0, result.err
+    assert result.argv is not None
+    # qsub -I -x SCRIPT: the terminal stays stdin (untouched), the wrapper comes by name.
+    assert result.argv[0] == b"-I" and result.argv[-2] == b"-x"
+    assert result.argv[-1].startswith(b"/dev/fd/")
+    assert result.stdin == b"typed by the user\n"
+    block, payload = wrapper_parts((site.record / "script").read_bytes())
+    assert payload.interactive and payload.script == b""
+    assert block.vm["vcpus"] == "1"
 
 
 def test_disabled_host_refuses_vm_jobs_only(site: Site) -> None:

@@ -32,6 +32,7 @@ class Payload:
     args: tuple[str, ...]
     shell: str
     name: str
+    interactive: bool = False  # qsub -I: a login shell in vm0 instead of the script
 
 
 def encode(payload: Payload) -> str:
@@ -43,6 +44,8 @@ def encode(payload: Payload) -> str:
         "shell": payload.shell,
         "name": payload.name,
     }
+    if payload.interactive:
+        data["interactive"] = True
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     flat = base64.b64encode(text.encode("ascii")).decode("ascii")
     return "\n".join(flat[i : i + _LINE] for i in range(0, len(flat), _LINE))
@@ -57,7 +60,8 @@ def decode(text: str) -> Payload:
         data = json.loads(raw.decode("ascii"))
     except (binascii.Error, ValueError):
         raise PermanentJobError("job payload is not base64 of JSON; resubmit the job") from None
-    if not isinstance(data, dict) or set(data) != {"v", "script", "args", "shell", "name"}:
+    keys = {"v", "script", "args", "shell", "name"}
+    if not isinstance(data, dict) or not keys <= set(data) <= keys | {"interactive"}:
         raise PermanentJobError("job payload must hold exactly v, script, args, shell, name")
     if data["v"] != VERSION:
         raise PermanentJobError(f"job payload version {data['v']!r} is not {VERSION}")
@@ -70,4 +74,6 @@ def decode(text: str) -> Payload:
         script = base64.b64decode(data["script"], validate=True)
     except (binascii.Error, ValueError):
         raise PermanentJobError("job payload 'script' is not valid base64") from None
-    return Payload(script=script, args=tuple(args), shell=shell, name=name)
+    interactive = data.get("interactive", False) is True
+    return Payload(script=script, args=tuple(args), shell=shell, name=name,
+                   interactive=interactive)  # fmt: skip

@@ -176,11 +176,25 @@ def interactive_command(files: JobFiles, env: dict[str, str]) -> str:
 
 
 def run_interactive(config: Config, env: dict[str, str]) -> int:
+    _reattach_terminal()
     files = load_job_files(config, job_id(env))
     wait_until_answering(files, env, _wait_seconds(config, env))
     user = pwd.getpwuid(os.getuid()).pw_name
     argv = [*ssh_argv(files, user, files.vms[0]["address"], tty=True)]
     return proc.spawn([*argv, interactive_command(files, env)]).wait()
+
+
+def _reattach_terminal() -> None:
+    """Under qsub -I the payload arrived on stdin (the wrapper's heredoc): give the session's
+    terminal back to ssh. The local backend keeps the terminal on stdin already."""
+    if os.isatty(0):
+        return
+    try:
+        tty = os.open("/dev/tty", os.O_RDWR)
+    except OSError:
+        return  # no controlling terminal: ssh -t will say so
+    os.dup2(tty, 0)
+    os.close(tty)
 
 
 def run_in_vm(payload: dict[str, Any], config: Config, env: dict[str, str]) -> int:

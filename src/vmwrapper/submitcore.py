@@ -191,8 +191,23 @@ def exec_real(command: str, real: str, args: Sequence[str], stdin_data: bytes | 
 
 def _stdin_from(data: bytes) -> None:
     """Put ``data`` on fd 0 as a rewound anonymous file (memfd; unlinked temp file else)."""
+    fd = _anonymous_file(data)
+    os.dup2(fd, 0)
+    os.close(fd)
+
+
+def inherited_file(data: bytes) -> str:
+    """``data`` in an anonymous file the exec'd command inherits, as a /dev/fd path: for a
+    script that must be named on the command line while stdin stays the terminal."""
+    fd = _anonymous_file(data)
+    os.set_inheritable(fd, True)
+    return f"/dev/fd/{fd}"
+
+
+def _anonymous_file(data: bytes) -> int:
+    """A rewound anonymous file holding ``data`` (memfd; an unlinked temp file else)."""
     try:
-        fd = os.memfd_create("vmw-stdin")
+        fd = os.memfd_create("vmw-job")
     except (AttributeError, OSError):
         import tempfile  # noqa: PLC0415
 
@@ -201,8 +216,7 @@ def _stdin_from(data: bytes) -> None:
     while view:
         view = view[os.write(fd, view) :]
     os.lseek(fd, 0, os.SEEK_SET)
-    os.dup2(fd, 0)
-    os.close(fd)
+    return fd
 
 
 def print_dry_run(command: str, real: str, args: Sequence[str], stdin_data: bytes | None) -> int:

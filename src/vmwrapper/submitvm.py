@@ -57,13 +57,17 @@ class VmJob(ABC):
         kept = self.kept_directives()
         payload = jobpayload.Payload(
             script=self.script or b"", args=self.script_args(), shell=self.shell(),
-            name=self.job_name(),
+            name=self.job_name(), interactive=self.is_interactive(),
         )  # fmt: skip
         wrapper = job_wrapper(kept, self.draft, payload, self.cfg)
         problem = self.read_back_problem(wrapper, kept)
         if problem or requestblock.find(wrapper) is None:
             raise RequestError([problem or "the job wrapper carries no request; please report"])
         return wrapper
+
+    def is_interactive(self) -> bool:
+        """An interactive job (qsub -I): the user gets a shell in vm0."""
+        return False
 
     @abstractmethod
     def check_script(self) -> None:
@@ -117,6 +121,11 @@ def submit(
     wrapper = job.wrapper()
     for note in job.notes:
         print(f"vm-wrapper: {note}", file=sys.stderr)
+    if job.is_interactive():  # the terminal stays stdin; qsub reads the wrapper by name
+        if dry_run:
+            argv = [*job.real_argv(), "/dev/fd/N"]
+            return submitcore.print_dry_run(command, real, argv, wrapper)
+        exec_real(real, [*job.real_argv(), submitcore.inherited_file(wrapper)], None)
     if dry_run:
         return submitcore.print_dry_run(command, real, job.real_argv(), wrapper)
     exec_real(real, job.real_argv(), wrapper)

@@ -17,8 +17,6 @@ from vmwrapper.config import Config
 from vmwrapper.request import VmRequest
 from vmwrapper.submitvm import VmJob, cores_why, ram_why
 
-INTERACTIVE_UNSUPPORTED = "interactive VM jobs (-I) are not supported yet; submit a batch script"
-
 
 class TorqueVmJob(VmJob):
     """A qsub VM job: argv, #PBS directives, -l resources."""
@@ -45,11 +43,8 @@ class TorqueVmJob(VmJob):
         self.interactive = torque.last_value(self.options, "I") is not None
         self.extra_l = ""
 
-    def analyse(self) -> list[str]:
-        problems = super().analyse()
-        if not problems and self.interactive:
-            return [INTERACTIVE_UNSUPPORTED]
-        return problems
+    def is_interactive(self) -> bool:
+        return self.interactive
 
     def check_script(self) -> None:
         if self.script is None and not self.interactive:
@@ -105,7 +100,10 @@ class TorqueVmJob(VmJob):
         argv += ["-S", "/bin/sh"]
         if torque.last_value(self.options, "N") is None:
             argv += ["-N", self.job_name()]
-        return argv + (["-l", self.extra_l] if self.extra_l else [])
+        argv += ["-l", self.extra_l] if self.extra_l else []
+        # qsub -I -x SCRIPT runs SCRIPT in the interactive session: our wrapper, which opens
+        # the user's shell in vm0. submit() appends the wrapper's path (stdin is the terminal).
+        return argv + (["-x"] if self.interactive else [])
 
     def kept_directives(self) -> list[str]:
         return torque.kept_directive_lines(self.directives, self.lines, self.prefix)
