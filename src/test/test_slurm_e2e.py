@@ -206,7 +206,7 @@ def test_image_removed_before_start_fails_the_job_readably_and_keeps_the_nodes(
     os.link(pool / "debian12.qcow2", copy)  # a copy by name, instantly
     try:
         jobid, _ = user.sbatch("#!/bin/sh\necho must not run\n", "--hold", "-N2",
-                               "--vm", "img=bench-x,vcpus=1,ram=1G")  # fmt: skip
+                               "--comment=mine", "--vm", "img=bench-x,vcpus=1,ram=1G")  # fmt: skip
     finally:
         copy.unlink()
     assert job_fields(jobid)["JobState"] == "PENDING"
@@ -214,7 +214,7 @@ def test_image_removed_before_start_fails_the_job_readably_and_keeps_the_nodes(
     fields = wait_final(jobid, timeout=120)
     assert (fields["JobState"], fields["Reason"]) == ("CANCELLED", "Prolog")
     assert fields["Comment"] == (
-        f"vm-wrapper: img='bench-x': no such image in the image pool {pool}"
+        f"vm-wrapper: img='bench-x': no such image in the image pool {pool} [your comment: mine]"
     )
     assert not user.output(jobid).exists() or "must not run" not in user.output(jobid).read_text()
     wait_clean(site, jobid, timeout=60)

@@ -166,6 +166,16 @@ def test_failure_comment_is_one_tagged_bounded_line() -> None:
     assert len(text) == sh.MAX_COMMENT
 
 
+def test_failure_comment_keeps_the_users_own_comment() -> None:
+    reason = "img='x': no such image"
+    assert sh.failure_comment(reason, "vm-wrapper; my run") == (
+        "vm-wrapper: img='x': no such image [your comment: my run]"
+    )
+    assert sh.failure_comment(reason, "vm-wrapper") == "vm-wrapper: img='x': no such image"
+    text = sh.failure_comment("y" * 400, "vm-wrapper; " + "z" * 400)
+    assert len(text) == sh.MAX_COMMENT and text.endswith("z" * 100 + "]")
+
+
 @pytest.mark.parametrize(
     ("code", "out", "err", "active"),
     [

@@ -172,10 +172,14 @@ def prolog_verdict(*, permanent: bool, attempt: int, max_attempts: int) -> Verdi
     return Verdict(DRAIN, fail_job=False)
 
 
-def failure_comment(reason: str) -> str:
-    """The job Comment the user reads; it keeps the tag so the Epilog still runs."""
+def failure_comment(reason: str, previous: str = "") -> str:
+    """The job Comment the user reads; it keeps the tag so the Epilog still runs, and the
+    user's own comment, which the sbatch wrapper put after "vm-wrapper; ", at its end."""
     text = " ".join(reason.split())  # one line, whatever the error said
-    return f"{TAG}: {text}"[:MAX_COMMENT]
+    prefix = f"{TAG}; "
+    theirs = " ".join(previous.split())[len(prefix) :][:100] if previous.startswith(prefix) else ""
+    tail = f" [your comment: {theirs}]" if theirs else ""
+    return f"{TAG}: {text}"[: MAX_COMMENT - len(tail)] + tail
 
 
 def job_active_from_squeue(returncode: int, stdout: str, stderr: str) -> bool:
@@ -228,7 +232,7 @@ def fail_job(jobid: str, reason: str, env: dict[str, str], timeout: float = 30) 
     from vmwrapper import proc  # noqa: PLC0415
 
     child_env = slurm_env(env)
-    comment = f"Comment={failure_comment(reason)}"
+    comment = f"Comment={failure_comment(reason, env.get('SLURM_JOB_COMMENT', ''))}"
     argv = [SCONTROL, "update", f"JobId={jobid}", comment]
     result = proc.run(argv, timeout=timeout, ok_codes=(0, 1), env=child_env)
     if result.returncode and "already finished" not in result.stderr:
