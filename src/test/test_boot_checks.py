@@ -28,3 +28,14 @@ def test_a_persistent_disk_serves_one_job_at_a_time(tmp_path: Path) -> None:
     assert second.entries() == []
     Path(first.entries()[0]["value"]).unlink()  # what teardown does
     lock_disk(disk, "2.srv", second)
+
+
+def test_local_job_ids_are_unique_when_started_together(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vmwrapper.batch.local import next_jobid
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(lambda _: next_jobid(str(tmp_path)), range(40)))
+    assert len(set(ids)) == 40
+    assert sorted(int(i.split(".")[0]) for i in ids) == list(range(1, 41))

@@ -22,13 +22,6 @@ def test_slurm_job_runs_where_sbatch_started_it(
     assert os.getcwd() == str(tmp_path)
 
 
-def test_other_nodes_vms_may_still_boot_on_slurm_only() -> None:
-    vm0, vm1 = {"rank": 0}, {"rank": 1}
-    assert jobrun._concurrent_boot({"SLURM_JOB_ID": "5"}, vm1)
-    assert not jobrun._concurrent_boot({"SLURM_JOB_ID": "5"}, vm0)  # its Prolog waited
-    assert not jobrun._concurrent_boot({"PBS_JOBID": "5.s"}, vm1)  # sisters boot first
-
-
 def test_ready_test_of_a_booting_vm_is_cloud_inits_marker(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -148,7 +148,7 @@ def test_vm_prologue_and_epilogue_run_around_the_job() -> None:
             [f",vm_prologue={prologue},vm_epilogue={epilogue}", f",vm_prologue={failing}"],
         )
         assert good.returncode == 0, good.stderr
-        assert good.stdout.split() == ["from-prologue", "job-ran", "epilogue-ran"]
+        assert good.stdout.split() == ["from-prologue", "job-ran", "epilogue-ran"], good.stderr
         assert "vm_epilogue failed (exit 6)" in good.stderr
         assert bad.returncode == 9
         assert "job-ran" not in bad.stdout

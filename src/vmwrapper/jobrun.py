@@ -80,16 +80,12 @@ def wait_until_answering(
     deadline = time.monotonic() + seconds
     user = pwd.getpwuid(os.getuid()).pw_name
     for vm in files.vms:
-        while not vm_ready(files, vm, user, booted=not _concurrent_boot(env, vm)):
+        # Every VM, also those the hooks saw ready: cloud-init may still finish its last
+        # stage (and bounce sshd) after the ready line; boot-finished comes after all that.
+        while not vm_ready(files, vm, user, booted=False):
             if time.monotonic() > deadline:
                 raise NodeError(f"VM {vm['hostname']} ({vm['address']}) does not answer")
             time.sleep(1)
-
-
-def _concurrent_boot(env: dict[str, str], vm: dict[str, Any]) -> bool:
-    """Slurm starts the batch script when the first node's Prolog is done, while the other
-    nodes' Prologs may still boot their VMs (Torque runs the sisters' first)."""
-    return "SLURM_JOB_ID" in env and int(vm.get("rank", 0)) != 0
 
 
 def _wait_seconds(config: Config, env: dict[str, str]) -> float:

@@ -7,7 +7,7 @@ Torque's or Slurm's copy. User files are read as the user (runuser), never as ro
 
 from __future__ import annotations
 
-import contextlib
+import fcntl
 import os
 from pathlib import Path
 
@@ -25,14 +25,21 @@ def local_dir(state_dir: str) -> Path:
 
 
 def next_jobid(state_dir: str) -> str:
-    """Sequential ids like Torque's, so each job gets its own address block."""
-    seq = local_dir(state_dir) / "seq"
-    with contextlib.suppress(FileNotFoundError, ValueError):
-        number = int(seq.read_text().strip()) + 1
-        write_file(seq, str(number).encode(), 0o600)
-        return f"{number}.local"
-    write_file(seq, b"1", 0o600)
-    return "1.local"
+    """Sequential ids like Torque's, so each job gets its own address block. Locked:
+    two `vm-wrapper run` started together must not share an id."""
+    directory = local_dir(state_dir)
+    fd = os.open(directory / "seq", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        text = os.read(fd, 32).decode("ascii", "replace").strip()
+        number = int(text) + 1 if text.isascii() and text.isdigit() else 1
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(number).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)  # releases the lock
+    return f"{number}.local"
 
 
 def read_as_user(user: str, path: str, limit: int) -> bytes:
