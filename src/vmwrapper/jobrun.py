@@ -122,27 +122,40 @@ def job_workdir(env: dict[str, str]) -> str:
     return env.get("SLURM_SUBMIT_DIR", "")
 
 
+@dataclass
+class GuestSide:
+    """What the job sees inside vm0: its private directory, node file and environment."""
+
+    workdir: str
+    nodefile: str  # the node file's text
+    env: dict[str, str]
+
+    @classmethod
+    def of(cls, files: JobFiles, env: dict[str, str]) -> GuestSide:
+        workdir = f"/tmp/vmw-{job_tag(job_id(env))}"
+        hostnames = [vm["hostname"] for vm in files.vms]
+        vcpus = [int(vm["vcpus"]) for vm in files.vms]
+        guest_env = jobenv.guest_environment(
+            env, nodefile=f"{workdir}/nodefile", hostnames=hostnames, vcpus=vcpus
+        )
+        return cls(workdir, jobenv.nodefile_text(hostnames, vcpus), guest_env)
+
+
 def runner_script(payload: dict[str, Any], files: JobFiles, env: dict[str, str]) -> str:
     """The sh script that runs the job inside vm0 (rendered from runner.sh.j2)."""
     from vmwrapper.render import render_template  # noqa: PLC0415
 
-    tag = job_tag(job_id(env))
-    workdir = f"/tmp/vmw-{tag}"
-    hostnames = [vm["hostname"] for vm in files.vms]
-    vcpus = [int(vm["vcpus"]) for vm in files.vms]
-    guest_env = jobenv.guest_environment(
-        env, nodefile=f"{workdir}/nodefile", hostnames=hostnames, vcpus=vcpus
-    )
+    guest = GuestSide.of(files, env)
     script = base64.b64decode(payload["script"])
     shell = payload.get("shell") or ""
     command = '"$d/job"' if script.startswith(b"#!") and not shell else (
         f'{shlex.quote(shell or "/bin/bash")} "$d/job"')  # fmt: skip
     cwd = job_workdir(env) or env.get("HOME", "~")
     values = {
-        "workdir_q": shlex.quote(workdir),
-        "nodefile_q": shlex.quote(jobenv.nodefile_text(hostnames, vcpus)),
+        "workdir_q": shlex.quote(guest.workdir),
+        "nodefile_q": shlex.quote(guest.nodefile),
         "script_b64_q": shlex.quote(str(payload["script"])),
-        "env_q": sorted((k, shlex.quote(v)) for k, v in guest_env.items()),
+        "env_q": sorted((k, shlex.quote(v)) for k, v in guest.env.items()),
         "cwd_q": shlex.quote(cwd),
         "cwd_msg": "".join(c for c in cwd if c.isprintable() and c not in "\"'`$"),
         "command": command,
@@ -153,17 +166,11 @@ def runner_script(payload: dict[str, Any], files: JobFiles, env: dict[str, str])
 
 def interactive_command(files: JobFiles, env: dict[str, str]) -> str:
     """Remote command for an interactive job: node file, environment, cwd, login shell."""
-    tag = job_tag(job_id(env))
-    workdir = f"/tmp/vmw-{tag}"
-    hostnames = [vm["hostname"] for vm in files.vms]
-    vcpus = [int(vm["vcpus"]) for vm in files.vms]
-    guest_env = jobenv.guest_environment(
-        env, nodefile=f"{workdir}/nodefile", hostnames=hostnames, vcpus=vcpus
-    )
-    guest_env["TERM"] = env.get("TERM", "xterm")
-    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(guest_env.items()))
+    guest = GuestSide.of(files, env)
+    guest.env["TERM"] = env.get("TERM", "xterm")
+    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(guest.env.items()))
     cwd = job_workdir(env) or "~"
-    nodefile = shlex.quote(jobenv.nodefile_text(hostnames, vcpus))
+    nodefile, workdir = shlex.quote(guest.nodefile), guest.workdir
     return (
         f"umask 077; mkdir -p {workdir} && printf %s {nodefile} > {workdir}/nodefile; "
         f"umask 022; cd {shlex.quote(cwd)} 2>/dev/null || cd; export {exports}; "
