@@ -37,5 +37,5 @@ def test_ready_test_of_a_booting_vm_is_cloud_inits_marker(
     monkeypatch.setattr(jobrun.proc, "run", fake_run)
     files = jobrun.JobFiles(tmp_path / "k", tmp_path / "kh", [], tmp_path)
     vm = {"address": "10.77.0.2", "rank": 1}
-    assert not jobrun.vm_ready(files, vm, "u", booted=False)  # boot-finished not there yet
+    assert not jobrun.vm_ready(files, vm, "u")  # boot-finished not there yet
     assert ran[0][-3:] == ["test", "-e", jobrun.BOOT_FINISHED] and "u@10.77.0.2" in ran[0]

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from submit_site import HEAVY, HOST, SCRIPTS, Site, enc, fast_path_modules, wrapper_parts
 
-from vmwrapper import config, jobpayload, requestblock, submitcore, submitvm
+from vmwrapper import config, jobpayload, requestblock, submitcore
 from vmwrapper.batch import torque
 from vmwrapper.cli import qsub
 from vmwrapper.errors import VmWrapperError
@@ -470,5 +470,8 @@ def test_payload_round_trip_and_damage() -> None:
 
 
 def test_template_is_found_in_the_source_tree() -> None:
-    assert Path(submitvm.template_dir()) == REPO / "src" / "templates"
+    from importlib import resources
+
+    template = resources.files("vmwrapper.templates").joinpath("jobwrapper.sh.j2")
+    assert Path(str(template)) == REPO / "src" / "templates" / "jobwrapper.sh.j2"
     assert shutil.which("sh")  # the wrapper is a sh script

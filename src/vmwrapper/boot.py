@@ -39,6 +39,7 @@ class NodeInputs:
     metadata: dict[str, Any]
     disk: disks.UserDisk | None
     shares: tuple[tuple[str, str], ...]  # (host path, mount tag)
+    known_hosts: list[str]  # every VM's derived host key: derived once per node
     overlay_dir: Path
 
 
@@ -95,6 +96,7 @@ def _gather_inputs(
         metadata=parse_user_metadata(block.files.get("metadata"), config),
         disk=disk,
         shares=shares_for(config, request.mounts),
+        known_hosts=_known_hosts(plan, secret),
         overlay_dir=overlay_dir,
     )
 
@@ -230,7 +232,7 @@ def _start_vm(
         user_public_key=inputs.user_key.public_openssh,
         user_private_key=inputs.user_key.private_openssh,
         host_key=keys.host_key(inputs.secret, plan.alloc.jobid, vm.index),
-        known_hosts=_known_hosts(plan, inputs.secret), shares=inputs.shares,
+        known_hosts=inputs.known_hosts, shares=inputs.shares,
         user_metadata=inputs.metadata, owner=qemu_owner,
     )  # fmt: skip
     state.mark(f"{vm.name}:seed")
@@ -281,7 +283,7 @@ def write_user_files(
             write_file(state.user_dir / name, block.files[name], 0o600, owner)
     key = inputs.user_key.private_openssh.encode()
     write_file(state.user_dir / "id_ed25519", key, 0o600, owner)
-    known = "\n".join(_known_hosts(plan, inputs.secret)) + "\n"
+    known = "\n".join(inputs.known_hosts) + "\n"
     write_file(state.user_dir / "known_hosts", known.encode(), 0o644, owner)
     vms = [
         {"index": vm.index, "hostname": vm.hostname, "address": vm.address, "rank": vm.rank,

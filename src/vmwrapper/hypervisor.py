@@ -19,7 +19,6 @@ from vmwrapper import proc
 from vmwrapper.errors import CommandError, NodeError
 
 log = logging.getLogger(__name__)
-DOMAIN_PREFIX = "vmw-"
 POLL_SECONDS = 0.25
 
 
@@ -61,9 +60,6 @@ class Hypervisor:
             return bool(self.conn.lookupByName(name).isActive())
         except libvirt.libvirtError:
             return False
-
-    def names(self, prefix: str = DOMAIN_PREFIX) -> list[str]:
-        return sorted(d.name() for d in self.conn.listAllDomains() if d.name().startswith(prefix))
 
     def our_domains(self) -> dict[str, str]:
         """{domain name: job id} of the domains vm-wrapper started, known by our namespaced

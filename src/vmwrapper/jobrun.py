@@ -82,7 +82,7 @@ def wait_until_answering(
     for vm in files.vms:
         # Every VM, also those the hooks saw ready: cloud-init may still finish its last
         # stage (and bounce sshd) after the ready line; boot-finished comes after all that.
-        while not vm_ready(files, vm, user, booted=False):
+        while not vm_ready(files, vm, user):
             if time.monotonic() > deadline:
                 raise NodeError(f"VM {vm['hostname']} ({vm['address']}) does not answer")
             time.sleep(1)
@@ -95,15 +95,10 @@ def _wait_seconds(config: Config, env: dict[str, str]) -> float:
     return READY_WAIT_SECONDS
 
 
-def vm_ready(files: JobFiles, vm: dict[str, Any], user: str, *, booted: bool) -> bool:
-    """A VM its node reported ready needs only to answer. One that may still be booting
-    must have finished cloud-init: its sshd answers early, then runcmd restarts it
-    (measured on Slurm: 'Connection refused' from vm0 to vm1 a second before vm1's node
-    saw it ready); cloud-init writes boot-finished after runcmd."""
-    from vmwrapper.node import ssh_banner  # noqa: PLC0415
-
-    if booted:
-        return ssh_banner(vm["address"])
+def vm_ready(files: JobFiles, vm: dict[str, Any], user: str) -> bool:
+    """The VM takes our login and has finished cloud-init: its sshd answers early, then
+    runcmd restarts it (measured on Slurm: 'Connection refused' from vm0 to vm1 a second
+    before vm1's node saw it ready); cloud-init writes boot-finished after runcmd."""
     argv = [*ssh_argv(files, user, vm["address"]), "test", "-e", BOOT_FINISHED]
     try:
         return proc.run(argv, timeout=30, ok_codes=range(256)).returncode == 0
@@ -253,11 +248,15 @@ def stop_remote(config: Config, jobid: str, user: str) -> bool:
         files = load_job_files(config, jobid)
     except NodeError:
         return False
-    kill = f'kill -TERM -- -"$(cat /tmp/vmw-{job_tag(jobid)}/pid)" 2>/dev/null'
-    with contextlib.suppress(CommandError):
-        proc.run([*ssh_argv(files, user, files.vms[0]["address"]), kill], timeout=15,
-                 ok_codes=range(256))  # fmt: skip
+    _kill_remote_job(files, user, files.vms[0]["address"], job_tag(jobid))
     return True
+
+
+def _kill_remote_job(files: JobFiles, user: str, address: str, tag: str) -> None:
+    """SIGTERM the job's process group inside the VM (the runner recorded its pid)."""
+    kill = f'kill -TERM -- -"$(cat /tmp/vmw-{tag}/pid)" 2>/dev/null'
+    with contextlib.suppress(CommandError):
+        proc.run([*ssh_argv(files, user, address), kill], timeout=15, ok_codes=range(256))
 
 
 def _forward_termination(
@@ -266,9 +265,7 @@ def _forward_termination(
     """qdel/scancel send SIGTERM here: stop the job's process group inside the VM too."""
 
     def handler(signum: int, _frame: FrameType | None) -> None:
-        kill = f'kill -TERM -- -"$(cat /tmp/vmw-{tag}/pid)" 2>/dev/null'
-        with contextlib.suppress(CommandError):
-            proc.run([*ssh_argv(files, user, address), kill], timeout=15, ok_codes=range(256))
+        _kill_remote_job(files, user, address, tag)
         child.send_signal(signal.SIGTERM)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

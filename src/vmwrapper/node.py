@@ -286,8 +286,9 @@ def _forget_stale_attempts(state_dir: Path) -> None:
 
 def _jobid_of(job_dir: Path) -> str | None:
     for node_dir in sorted(job_dir.glob("node*")):
-        state = NodeState(job_dir.parent.parent, job_dir.name, 0)
-        state.journal = node_dir / "journal"
+        if not is_whole_number(node_dir.name[4:]):
+            continue
+        state = NodeState(job_dir.parent.parent, job_dir.name, int(node_dir.name[4:]))
         for entry in state.entries():
             if entry["kind"] == "jobid":
                 return str(entry["value"])

@@ -206,33 +206,17 @@ def job_wrapper(
 
 
 def render_wrapper(directives: list[str], request_line: str, payload: str, cfg: Config) -> str:
-    import jinja2  # noqa: PLC0415
-
     from vmwrapper import __version__  # noqa: PLC0415
+    from vmwrapper.render import render_template  # noqa: PLC0415
 
-    # A shell script, not HTML: values are quoted (shlex) or data-only lines by construction.
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(template_dir()),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,  # noqa: S701
-    )
-    return env.get_template("jobwrapper.sh.j2").render(
-        directive_block="".join(line + "\n" for line in directives),
-        request_line=request_line,
-        version=__version__,
-        node_python=shlex.quote(cfg.NODE_PYTHON),
-        payload=payload,
-        end_marker=PAYLOAD_END,
-    )
-
-
-def template_dir() -> str:
-    """src/templates in a source tree, vmwrapper/templates when installed as a wheel."""
-    import vmwrapper  # noqa: PLC0415
-
-    package = os.path.dirname(vmwrapper.__file__ or "")
-    for candidate in (os.path.join(package, "templates"), os.path.join(package, "..", "templates")):
-        if os.path.isfile(os.path.join(candidate, "jobwrapper.sh.j2")):
-            return os.path.normpath(candidate)
-    raise VmWrapperError("jobwrapper.sh.j2 is missing from this vm-wrapper installation")
+    # A shell script: render.py's one environment does not autoescape it; values are quoted
+    # (shlex) or data-only lines by construction.
+    values = {
+        "directive_block": "".join(line + "\n" for line in directives),
+        "request_line": request_line,
+        "version": __version__,
+        "node_python": shlex.quote(cfg.NODE_PYTHON),
+        "payload": payload,
+        "end_marker": PAYLOAD_END,
+    }
+    return render_template("jobwrapper.sh.j2", values)
