@@ -15,7 +15,7 @@ pytestmark = pytest.mark.needs("root")
 
 
 def test_a_persistent_disk_serves_one_job_at_a_time(tmp_path: Path) -> None:
-    disk = UserDisk(path=Path("/home/a/data.raw"), fmt="raw", device=7, inode=42)
+    disk = UserDisk(path=Path("/home/a/data.raw"), fmt="raw", device=7, inode=42, size=1 << 20)
     first = NodeState(tmp_path, "1.srv", 0)
     first.create()
     lock_disk(disk, "1.srv", first)

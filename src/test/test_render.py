@@ -206,7 +206,7 @@ def test_disks_pin_every_backing_chain(tmp_path: Path) -> None:
 
 def test_only_the_first_vm_gets_the_persistent_disk(tmp_path: Path) -> None:
     plan = job_plan(config.load([]), rank=0)
-    user_disk = UserDisk(Path("/home/alice/d.raw"), "raw", device=1, inode=2)
+    user_disk = UserDisk(Path("/home/alice/d.raw"), "raw", device=1, inode=2, size=1 << 20)
     first, second = (VmPaths.for_vm(vm, tmp_path, tmp_path, user_disk) for vm in plan.vms)
     assert (first.disk, first.disk_format) == (Path("/home/alice/d.raw"), "raw")
     assert second.disk is None

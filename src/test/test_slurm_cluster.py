@@ -174,7 +174,9 @@ def test_tagged_job_without_request_runs_untouched(submit: Submitter) -> None:
 
 
 def test_missing_image_fails_the_job_readably_and_keeps_the_nodes(submit: Submitter) -> None:
-    request = requestblock.encode({"img": "no-such-image-vmwtest"}, {})
+    request = requestblock.encode(
+        {"img": "no-such-image-vmwtest"}, {}, requestblock.new_submission_id()
+    )
     script = f"#!/bin/bash\n{request}\necho the script must not run\n"
     jobid = submit.sbatch(script, "-N2", "-c2", "--comment=vm-wrapper")
     fields = wait_final(jobid)

@@ -35,7 +35,8 @@ def system_config(**settings: str) -> Iterator[config_mod.Config]:
 
 def request_script(body: str = "echo hi\n", **vm: str) -> str:
     """A job script carrying a request line, as the qsub wrapper would write it."""
-    line = requestblock.encode({"img": "debian12", "vcpus": "1", "ram": "1G", **vm}, {})
+    vm = {"img": "debian12", "vcpus": "1", "ram": "1G", **vm}
+    line = requestblock.encode(vm, {}, requestblock.new_submission_id())
     return f"#!/bin/sh\n{line}\n{body}"
 
 
@@ -47,10 +48,10 @@ def leftovers(config: config_mod.Config, jobid: str) -> list[str]:
         for name, owner in Hypervisor(config.LIBVIRT_URI).our_domains().items()
         if owner == jobid
     ]
+    found += [f"path {p}" for p in Path(config.RAMDISK_DIR).glob(f"vm-wrapper-{tag}-*")]
     for path in (
         Path(config.STATE_DIR) / "jobs" / tag,
         Path(config.OVERLAY_DIR) / tag,
-        Path(config.RAMDISK_DIR) / tag,
         Path(config.STATE_DIR) / "attempts",
     ):
         if path.name == "attempts":

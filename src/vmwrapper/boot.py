@@ -23,7 +23,7 @@ from vmwrapper.errors import NodeError, PermanentJobError, RequestError
 from vmwrapper.hypervisor import BootWatch, Hypervisor, kvm_runs_guests, wait_ready
 from vmwrapper.plan import JobPlan, VmSpec
 from vmwrapper.requestblock import RequestBlock
-from vmwrapper.state import NodeState, ensure_root_dir, write_file
+from vmwrapper.state import DIR_MODE, NodeState, check_shared_parent, ensure_root_dir, write_file
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class NodeInputs:
     shares: tuple[tuple[str, str], ...]  # (host path, mount tag)
     known_hosts: list[str]  # every VM's derived host key: derived once per node
     overlay_dir: Path
+    key_scope: str  # what the job's keys derive from (keys.job_scope)
 
 
 def boot_node(
@@ -78,27 +79,40 @@ def _gather_inputs(
     request = plan.request
     image = _image(request.img, config, plan.alloc.uid)
     secret = keys.read_secret(Path(config.SITE_SECRET))
+    scope = keys.job_scope(plan.alloc.user, plan.alloc.jobid, block.submission_id)
     disk = None
     if request.disk and plan.alloc.rank == 0:
         disk = disks.check_user_disk(request.disk, plan.alloc.uid)
         lock_disk(disk, plan.alloc.jobid, state)
     check_host_memory(plan, config)
-    overlay_root = config.RAMDISK_DIR if request.fs_type == "ramdisk" else config.OVERLAY_DIR
-    overlay_dir = Path(overlay_root) / plan.tag
-    ensure_root_dir(Path(overlay_root))
-    state.record("dir", str(overlay_dir))
-    ensure_root_dir(overlay_dir)
     return NodeInputs(
         image=_private_boot_files(image, state),
         accel=choose_accel(request.hypervisor, config, image, state),
         secret=secret,
-        user_key=keys.user_key(secret, plan.alloc.jobid),
+        user_key=keys.user_key(secret, scope),
         metadata=parse_user_metadata(block.files.get("metadata"), config),
         disk=disk,
         shares=shares_for(config, request.mounts),
-        known_hosts=_known_hosts(plan, secret),
-        overlay_dir=overlay_dir,
+        known_hosts=_known_hosts(plan, secret, scope),
+        overlay_dir=_overlay_dir(plan, state, config),
+        key_scope=scope,
     )
+
+
+def _overlay_dir(plan: JobPlan, state: NodeState, config: Config) -> Path:
+    """The job's overlay directory. In RAM it lives in a directory every user may write
+    (/dev/shm): a fixed name there could be created first by anyone, so each job gets a
+    fresh, unguessable one, journalled before it exists."""
+    if plan.request.fs_type != "ramdisk":
+        overlay_dir = ensure_root_dir(Path(config.OVERLAY_DIR)) / plan.tag
+        state.record("dir", str(overlay_dir))
+        return ensure_root_dir(overlay_dir)
+    parent = check_shared_parent(Path(config.RAMDISK_DIR))
+    overlay_dir = parent / f"vm-wrapper-{plan.tag}-{secrets.token_hex(8)}"
+    state.record("dir", str(overlay_dir))
+    overlay_dir.mkdir(mode=0o700)  # fails, never follows, if anything holds the name
+    os.chmod(overlay_dir, DIR_MODE)  # umask 077 in hooks; libvirt must reach it by name
+    return overlay_dir
 
 
 def lock_disk(disk: disks.UserDisk, jobid: str, state: NodeState) -> None:
@@ -132,8 +146,8 @@ def check_host_memory(plan: JobPlan, config: Config) -> None:
 
 def _image(name: str, config: Config, uid: int) -> disks.BaseImage:
     if name.startswith("/"):
-        user_image = disks.check_user_disk(name, uid)
-        return disks.BaseImage(user_image.path, user_image.fmt, None, None, "")
+        own = disks.check_user_disk(name, uid)
+        return disks.BaseImage(own.path, own.fmt, None, None, "", user_size=own.size)
     return disks.resolve_admin_image(name, config.IMAGE_POOL)
 
 
@@ -179,20 +193,11 @@ def choose_accel(hypervisor: str, config: Config, image: disks.BaseImage, state:
 
 def parse_user_metadata(blob: bytes | None, config: Config) -> dict[str, Any]:
     """The user's cloud-config: a mapping with only the keys the admin allows."""
+    from vmwrapper import usermetadata  # noqa: PLC0415
+
     if not blob:
         return {}
-    if len(blob) > config.MAX_USER_FILE_KB * 1024:
-        raise RequestError([f"metadata: larger than {config.MAX_USER_FILE_KB} KiB"])
-    import yaml  # noqa: PLC0415
-
-    try:
-        data = yaml.safe_load(blob.decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError):
-        raise RequestError(["metadata: not valid YAML"]) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise RequestError(["metadata: must be a cloud-config mapping"])
+    data = usermetadata.load(blob, config.MAX_USER_FILE_KB * 1024)
     bad = sorted(str(k) for k in data if k not in config.USER_METADATA_KEYS)
     if bad:
         allowed = " ".join(config.USER_METADATA_KEYS) or "none"
@@ -231,7 +236,7 @@ def _start_vm(
         vm=vm, plan=plan, config=config, paths=paths, nonce=nonce,
         user_public_key=inputs.user_key.public_openssh,
         user_private_key=inputs.user_key.private_openssh,
-        host_key=keys.host_key(inputs.secret, plan.alloc.jobid, vm.index),
+        host_key=keys.host_key(inputs.secret, inputs.key_scope, vm.index),
         known_hosts=inputs.known_hosts, shares=inputs.shares,
         user_metadata=inputs.metadata, owner=qemu_owner,
     )  # fmt: skip
@@ -249,9 +254,9 @@ def _start_vm(
     return BootWatch(vm.name, paths.ready, paths.console, nonce)
 
 
-def _known_hosts(plan: JobPlan, secret: bytes) -> list[str]:
+def _known_hosts(plan: JobPlan, secret: bytes, scope: str) -> list[str]:
     hosts = [(vm.index, vm.hostname, vm.address) for vm in plan.all_vms]
-    return keys.known_hosts_lines(secret, plan.alloc.jobid, hosts)
+    return keys.known_hosts_lines(secret, scope, hosts)
 
 
 def give_console_to_user(console: Path, uid: int, gid: int) -> None:

@@ -24,7 +24,9 @@ ENV_CONFIG = "VM_WRAPPER_CONF"
 
 _KEY_RE = re.compile(r"[A-Z][A-Z0-9_]*\Z")
 _UNQUOTED_RE = re.compile(r"[A-Za-z0-9_./:,@%+=-]*\Z")
-_SIZE_RE = re.compile(r"([0-9]+)([KMGT]?)\Z", re.IGNORECASE)
+# ASCII only: under re.IGNORECASE alone, "K" also matches U+212A KELVIN SIGN, which
+# upper() turns into a K that is no key of the factor table.
+_SIZE_RE = re.compile(r"([0-9]{1,18})([KMGT]?)\Z", re.IGNORECASE | re.ASCII)
 _SIZE_FACTOR_KIB = {"K": 1, "M": 1024, "G": 1024**2, "T": 1024**3}
 
 
@@ -157,7 +159,10 @@ class Config:
         "Disk-backed directory for qcow2 overlays (sharedfs).",
     )
     RAMDISK_DIR: str = setting(
-        "path", "/dev/shm/vm-wrapper", "RAM-backed directory for overlays (fs_type=ramdisk)."
+        "path",
+        "/dev/shm",
+        "RAM-backed directory (root's, or sticky like /dev/shm) in which each ramdisk job "
+        "gets a fresh directory with an unguessable name (fs_type=ramdisk).",
     )
     SITE_SECRET: str = setting(
         "path",
@@ -328,10 +333,13 @@ _TRUE = {"true", "yes", "1", "on", "enabled"}
 _FALSE = {"false", "no", "0", "off", "disabled"}
 
 
+MAX_DIGITS = 18  # below int()'s 4300-digit limit (a ValueError) and any sane setting
+
+
 def is_whole_number(text: str) -> bool:
-    """ASCII digits only: str.isdigit() also accepts superscripts such as '²', which int()
-    refuses."""
-    return text.isascii() and text.isdigit()
+    """1 to 18 ASCII digits: str.isdigit() also accepts superscripts such as '²', which
+    int() refuses, and int() raises on thousands of digits."""
+    return text.isascii() and text.isdigit() and len(text) <= MAX_DIGITS
 
 
 def parse_bool(text: str) -> bool | None:
@@ -345,7 +353,10 @@ def parse_bool(text: str) -> bool | None:
 
 def parse_size_mb(text: str) -> int | None:
     """'2G' -> 2048, '512M' -> 512, '1048576K' -> 1024, a bare number is MB."""
-    match = _SIZE_RE.match(text.strip())
+    text = text.strip(" \t")
+    if not text.isascii():
+        return None
+    match = _SIZE_RE.match(text)
     if not match:
         return None
     number, unit = int(match.group(1)), (match.group(2).upper() or "M")

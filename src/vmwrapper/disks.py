@@ -28,6 +28,9 @@ class BaseImage:
     kernel: Path | None  # direct kernel boot when the admin ships kernel/initrd beside it
     initrd: Path | None
     cmdline: str
+    # A user's own image (img=/path): root never opens it by path; its size comes from
+    # the checked file descriptor, and only QEMU, as the user, opens the path.
+    user_size: int | None = None
 
 
 def resolve_admin_image(name: str, pool: str) -> BaseImage:
@@ -83,21 +86,26 @@ def create_overlay(
     """A copy-on-write overlay of `base`, owned by `owner` (QEMU's identity); new."""
     if overlay.exists() or overlay.is_symlink():
         raise NodeError(f"overlay {overlay} already exists")
+    # -u with the size: qemu-img (root) must not open a user's image by its path
+    unopened = ["-u", str(base.user_size)] if base.user_size is not None else []
     proc.run(
         [QEMU_IMG, "create", "-q", "-f", "qcow2", "-F", base.fmt, "-b", str(base.path),
-         str(overlay)],
+         str(overlay), *unopened],
         timeout=timeout,
     )  # fmt: skip
     os.chown(overlay, *owner)  # our fresh file in a root-owned directory: no link to follow
     os.chmod(overlay, 0o600)
 
 
-def image_info(path: Path, fmt: str) -> dict[str, object]:
-    """qemu-img's view of an image, with the format forced (never probed)."""
+def image_info(path: Path, fmt: str, fd: int | None = None) -> dict[str, object]:
+    """qemu-img's view of an image, with the format forced (never probed). With ``fd``,
+    qemu-img reads that open file (/dev/fd/N), whatever ``path`` names by now."""
+    source = f"/dev/fd/{fd}" if fd is not None else str(path)
     try:
         result = proc.run(
-            [QEMU_IMG, "info", "--output=json", "-f", fmt, "-U", str(path)], timeout=20
-        )
+            [QEMU_IMG, "info", "--output=json", "-f", fmt, "-U", source], timeout=20,
+            pass_fds=(fd,) if fd is not None else (),
+        )  # fmt: skip
     except CommandError as err:
         raise RequestError([f"{path}: not a usable {fmt} image ({err.message})"]) from None
     data = json.loads(result.stdout)
@@ -112,28 +120,34 @@ class UserDisk:
     fmt: str
     device: int
     inode: int
+    size: int  # virtual size in bytes
 
 
 def check_user_disk(path_text: str, uid: int) -> UserDisk:
     """The persistent disk: a regular file owned by the job user, reached without symlinks.
 
-    Every path component is opened with O_NOFOLLOW relative to its parent, so no link in
-    the user's tree can redirect root to another file.
+    Every path component is opened with O_NOFOLLOW relative to its parent, and everything
+    root learns comes from that descriptor. The path itself goes only into the domain XML,
+    marked relabel='no': QEMU, running as the user, opens it with the user's own rights,
+    so whatever the user swaps in by then is nothing they could not open themselves.
     """
     fd = _open_no_symlinks(path_text)
     try:
         info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise RequestError([f"disk={path_text!r}: not a regular file"])
+        if info.st_uid != uid:
+            raise RequestError([f"disk={path_text!r}: not owned by the job's user"])
+        fmt = "qcow2" if path_text.endswith(".qcow2") else "raw"
+        data = image_info(Path(path_text), fmt, fd)
     finally:
         os.close(fd)
-    if not stat.S_ISREG(info.st_mode):
-        raise RequestError([f"disk={path_text!r}: not a regular file"])
-    if info.st_uid != uid:
-        raise RequestError([f"disk={path_text!r}: not owned by the job's user"])
-    fmt = "qcow2" if path_text.endswith(".qcow2") else "raw"
-    data = image_info(Path(path_text), fmt)
     if data.get("backing-filename") or data.get("full-backing-filename"):
         raise RequestError([f"disk={path_text!r}: images with a backing file are not allowed"])
-    return UserDisk(path=Path(path_text), fmt=fmt, device=info.st_dev, inode=info.st_ino)
+    size = data.get("virtual-size")
+    if not isinstance(size, int) or size <= 0:
+        raise RequestError([f"disk={path_text!r}: qemu-img reports no size"])
+    return UserDisk(Path(path_text), fmt, info.st_dev, info.st_ino, size)
 
 
 def _open_no_symlinks(path_text: str) -> int:

@@ -76,20 +76,29 @@ def _derive(secret: bytes, purpose: str, comment: str) -> KeyPair:
     return KeyPair(private_openssh=private, public_openssh=f"{public} {comment}")
 
 
-def user_key(secret: bytes, jobid: str) -> KeyPair:
+def job_scope(user: str, jobid: str, submission_id: str) -> str:
+    """What a job's keys derive from. The submission id is fresh for every submission, so
+    a job id that comes back (a server reset, Slurm's id wrap) gets new keys; the user name
+    keeps two users' jobs apart even if one copies the other's id. NUL separates the parts:
+    none of them can hold one."""
+    return f"{user}\0{jobid}\0{submission_id}"
+
+
+def user_key(secret: bytes, scope: str) -> KeyPair:
     """The key the job user logs into the job's VMs with."""
-    return _derive(secret, f"vm-wrapper/user/{jobid}", f"vm-wrapper-job-{jobid}")
+    jobid = scope.split("\0")[1]
+    return _derive(secret, f"vm-wrapper/user/{scope}", f"vm-wrapper-job-{jobid}")
 
 
-def host_key(secret: bytes, jobid: str, vm_index: int) -> KeyPair:
+def host_key(secret: bytes, scope: str, vm_index: int) -> KeyPair:
     """The SSH host key of VM ``vm_index`` of the job."""
-    return _derive(secret, f"vm-wrapper/host/{jobid}/{vm_index}", f"vm{vm_index}")
+    return _derive(secret, f"vm-wrapper/host/{scope}/{vm_index}", f"vm{vm_index}")
 
 
-def known_hosts_lines(secret: bytes, jobid: str, hosts: list[tuple[int, str, str]]) -> list[str]:
+def known_hosts_lines(secret: bytes, scope: str, hosts: list[tuple[int, str, str]]) -> list[str]:
     """known_hosts lines for (vm_index, hostname, address) of every VM of the job."""
     lines = []
     for index, hostname, address in hosts:
-        algo, blob = host_key(secret, jobid, index).public_openssh.split()[:2]
+        algo, blob = host_key(secret, scope, index).public_openssh.split()[:2]
         lines.append(f"{hostname},{address} {algo} {blob}")
     return lines

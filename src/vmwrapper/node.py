@@ -124,7 +124,6 @@ def prologue(ctx: HookContext, config: Config, boot: Callable[..., None]) -> Nod
         teardown(state, hypervisor, config)
     _reap_quietly(config, ctx.jobid)
     state.create()
-    state.bump_attempts()
     state.record("jobid", ctx.jobid)
     try:
         if ctx.first_node and ctx.backend != "slurm":
@@ -133,8 +132,8 @@ def prologue(ctx: HookContext, config: Config, boot: Callable[..., None]) -> Nod
             # Slurm runs all Prologs at once; there the job wrapper's wait covers it.
             wait_for_other_nodes(plan, config)
         boot(plan=plan, block=block, state=state, hypervisor=hypervisor, config=config)
-    except BaseException:
-        log.exception("boot failed; tearing down what this node created")
+    except BaseException as err:
+        log.warning("boot failed (%s); tearing down what this node created", type(err).__name__)
         teardown(state, hypervisor, config)
         raise
     return state

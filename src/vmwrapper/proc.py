@@ -40,8 +40,10 @@ def run(
     input_text: str | None = None,
     env: Mapping[str, str] | None = None,
     redact: Iterable[str] = (),
+    pass_fds: Sequence[int] = (),
 ) -> Result:
-    """Run argv to completion. Raises CommandError on timeout or an unaccepted exit code."""
+    """Run argv to completion. Raises CommandError on timeout or an unaccepted exit code.
+    ``pass_fds`` stay open in the child (a file root checked, named as /dev/fd/N)."""
     args = [str(a) for a in argv]
     shown = _redacted(args, redact)
     child_env = {"PATH": SAFE_PATH, "LC_ALL": "C.UTF-8"} if env is None else dict(env)
@@ -54,6 +56,7 @@ def run(
             stderr=subprocess.PIPE,
             env=child_env,
             start_new_session=True,  # so a timeout can kill the whole group
+            pass_fds=tuple(pass_fds),
             text=True,
             errors="surrogateescape",  # bytes that are not UTF-8 survive a round trip
         )

@@ -4,12 +4,15 @@ Every decision is made here in Python; templates only loop and branch over prepa
 XML templates are autoescaped. jinja2 is imported lazily (+65 ms): hooks of jobs without VMs
 never import this module's dependencies.
 
-QEMU runs as the JOB USER (``<seclabel type='static' model='dac' relabel='no'>`` with
+QEMU runs as the JOB USER (``<seclabel type='static' model='dac' relabel='yes'>`` with
 ``+uid:+gid``), like pcocc's: a QEMU escape lands in that user's own account instead of a uid
-shared by every job's QEMU (which could read all other jobs' overlays), the user's persistent
-disk and 9p shares work with the user's own rights, and libvirt relabels no file (by default
-it chowns the shared base image to its qemu user and never gives it back). The caller hands
-the overlay and the seed to the job user.
+shared by every job's QEMU (which could read all other jobs' overlays), and the user's
+persistent disk and 9p shares work with the user's own rights. libvirt relabels (chowns to
+the user) only files in root's own directories: the overlay, seed, console log and the
+kernel copies. Every path a user can influence (their persistent disk, their own image) and
+the shared base image carry a per-source ``relabel='no'``: libvirt, as root, would otherwise
+chown whatever the path names at domain start, a window in which the user can swap in a
+link to any host file.
 """
 
 from __future__ import annotations
@@ -157,18 +160,21 @@ def _disks(paths: VmPaths, image: BaseImage | None) -> list[dict[str, Any]]:
         _disk("vdb", paths.seed, "raw", readonly=True),
     ]
     if paths.disk is not None:
-        # Stable guest name: /dev/disk/by-id/virtio-vmw-data
-        disks.append(_disk("vdc", paths.disk, paths.disk_format, serial="vmw-data"))
+        # Stable guest name: /dev/disk/by-id/virtio-vmw-data. The user's own path: libvirt
+        # must not chown whatever it names at domain start (it could be swapped for a link
+        # to any host file by then); QEMU opens it with the user's rights.
+        disks.append(_disk("vdc", paths.disk, paths.disk_format, serial="vmw-data", user_path=True))
     return disks
 
 
 def _disk(
     target: str, path: object, fmt: str, *, backing: tuple[str, str] = ("", ""),
-    readonly: bool = False, serial: str = "",
+    readonly: bool = False, serial: str = "", user_path: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     return {
         "target": target, "path": str(path), "format": fmt, "readonly": readonly,
         "serial": serial, "backing_path": backing[0], "backing_format": backing[1],
+        "relabel": not user_path,
     }  # fmt: skip
 
 

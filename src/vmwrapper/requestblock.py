@@ -2,10 +2,13 @@
 
 One marked comment line carries versioned JSON data, nothing executable::
 
-    #%VMW-REQUEST-V1 {"files":{"metadata":"<base64>"},"vm":{"img":"debian12",...}}
+    #%VMW-REQUEST-V1 {"files":{"metadata":"<base64>"},"id":"<32 hex>","vm":{"img":...}}
 
 The qsub wrapper writes it; the root hook reads it from the batch system's own copy of the
-script and treats every byte as hostile: size limits, strict shape, then ``request.validate``.
+script and treats every byte as hostile: size and nesting limits before parsing, strict
+shape, then ``request.validate``. ``id`` is a fresh random submission id: the job's SSH
+keys derive from it, so a job id that comes back (server reset, id wrap) never brings an
+earlier job's keys with it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -22,6 +27,10 @@ from vmwrapper.request import FILE_KEYS, VM_KEYS
 MARKER = "#%VMW-REQUEST-V1 "
 MARKER_BYTES = MARKER.encode()
 MAX_BLOCK_BYTES = 4 * 1024 * 1024
+MAX_NESTING = 4  # the shape below needs 2; json.loads recurses, so deeper is refused unparsed
+SUBMISSION_ID_RE = re.compile(r"[0-9a-f]{32}\Z")
+_JSON_STRING_RE = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET_RE = re.compile(rb"[\[\]{}]")
 
 
 @dataclass(frozen=True)
@@ -30,13 +39,19 @@ class RequestBlock:
 
     vm: dict[str, str]
     files: dict[str, bytes]
+    submission_id: str
 
 
-def encode(vm: Mapping[str, str], files: Mapping[str, bytes]) -> str:
+def new_submission_id() -> str:
+    return os.urandom(16).hex()
+
+
+def encode(vm: Mapping[str, str], files: Mapping[str, bytes], submission_id: str) -> str:
     """The marker line (without newline) for a request."""
     data = {
         "vm": dict(vm),
         "files": {key: base64.b64encode(blob).decode("ascii") for key, blob in files.items()},
+        "id": submission_id,
     }
     return MARKER + json.dumps(data, sort_keys=True, separators=(",", ":"))
 
@@ -54,13 +69,17 @@ def find(script: bytes) -> RequestBlock | None:
 
 
 def decode(payload: bytes) -> RequestBlock:
+    if _nesting(payload) > MAX_NESTING:
+        raise RequestError([f"request line nests deeper than {MAX_NESTING} levels"])
     try:
         data = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
         raise RequestError([f"request line is not valid JSON ({err.__class__.__name__})"]) from None
-    if not isinstance(data, dict) or set(data) != {"vm", "files"}:
-        raise RequestError(["request line must hold exactly the objects 'vm' and 'files'"])
-    vm, files = data["vm"], data["files"]
+    if not isinstance(data, dict) or set(data) != {"vm", "files", "id"}:
+        raise RequestError(["request line must hold exactly 'vm', 'files' and 'id'"])
+    vm, files, submission_id = data["vm"], data["files"], data["id"]
+    if not isinstance(submission_id, str) or not SUBMISSION_ID_RE.match(submission_id):
+        raise RequestError(["request 'id' must be 32 lowercase hexadecimal digits"])
     if not isinstance(vm, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in vm.items()
     ):
@@ -76,4 +95,13 @@ def decode(payload: bytes) -> RequestBlock:
             decoded[key] = base64.b64decode(str(text), validate=True)
         except (binascii.Error, ValueError):
             raise RequestError([f"{key}: embedded file is not valid base64"]) from None
-    return RequestBlock(vm=vm, files=decoded)
+    return RequestBlock(vm=vm, files=decoded, submission_id=submission_id)
+
+
+def _nesting(payload: bytes) -> int:
+    """How deep JSON arrays and objects nest, strings skipped (their brackets are text)."""
+    depth = deepest = 0
+    for bracket in _JSON_BRACKET_RE.findall(_JSON_STRING_RE.sub(b'""', payload)):
+        depth += 1 if bracket in b"[{" else -1
+        deepest = max(deepest, depth)
+    return deepest

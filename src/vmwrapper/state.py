@@ -47,6 +47,23 @@ def ensure_root_dir(path: Path, mode: int = DIR_MODE) -> Path:
     return path
 
 
+def check_shared_parent(path: Path) -> Path:
+    """A root-owned real directory in which others cannot rename or remove our entries:
+    writable by root alone, or sticky (/dev/shm, /tmp)."""
+    try:
+        info = os.lstat(path)
+    except OSError as err:
+        raise NodeError(f"{path}: {err.strerror}") from None
+    others_write = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if (
+        not stat.S_ISDIR(info.st_mode)
+        or info.st_uid != 0
+        or (others_write and not info.st_mode & stat.S_ISVTX)
+    ):
+        raise NodeError(f"{path} must be a root-owned directory, sticky if others may write it")
+    return path
+
+
 def write_file(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None = None) -> Path:
     """Write a file without following a symlink at its name; set owner and mode via the fd."""
     with contextlib.suppress(FileNotFoundError):

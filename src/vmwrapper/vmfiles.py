@@ -87,7 +87,7 @@ def write_iso(
     timeout: float = 30,
 ) -> None:
     """Write an ISO 9660 image (label cidata) holding ``files`` to ``iso``, mode 0600,
-    owned by ``owner`` (QEMU's uid and gid: libvirt relabels nothing) or by us.
+    owned by ``owner`` (QEMU's uid and gid) or by us.
 
     Inputs and output are built in a fresh 0700 directory beside ``iso`` and renamed into
     place, so no symlink planted at any of these names is ever followed.

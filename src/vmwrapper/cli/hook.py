@@ -57,34 +57,39 @@ def _torque(event: str, argv: list[str]) -> int:
 
 
 def _prologue(ctx: HookContext) -> tuple[bool, bool] | None:
-    """None on success, else (permanent, attempts_left)."""
+    """None on success, else (permanent, attempts_left).
+
+    The attempt is counted before anything else can fail, so that every failure, expected
+    or not, is bounded by MAX_PROLOGUE_ATTEMPTS: pbs_sched restarts a requeued job at once,
+    without limit.
+    """
     from vmwrapper import boot, node  # noqa: PLC0415  (only VM jobs pay for these imports)
 
-    config = None
+    attempts, limit = 1, 1
     try:
         config = config_mod.load()
+        limit = config.MAX_PROLOGUE_ATTEMPTS
+        attempts = node.node_state(config, ctx.jobid, ctx.rank or 0).bump_attempts()
         node.prologue(ctx, config, boot.boot_node)
         return None
     except VmWrapperError as err:
         permanent = isinstance(err, (RequestError, PermanentJobError))
         _report(ctx, err.lines())
-    except Exception:
-        log.exception("unexpected failure")
+    except Exception as err:  # a bug is an attempt like any other
+        _log_unexpected(err)
         permanent = False
         _report(ctx, ["internal error while booting the VMs (see the node's vm-wrapper log)"])
-    attempts = _attempts(ctx, config)
-    limit = config.MAX_PROLOGUE_ATTEMPTS if config else 1
     if not permanent and attempts >= limit:
         _report(ctx, [f"giving up after {attempts} attempts to boot the VMs"])
     return permanent, attempts < limit
 
 
-def _attempts(ctx: HookContext, config: config_mod.Config | None) -> int:
-    if config is None:
-        return 1
-    from vmwrapper import node  # noqa: PLC0415
+def _log_unexpected(err: BaseException) -> None:
+    """The innermost frames only: a RecursionError's full traceback is ~400 KB a run."""
+    import traceback  # noqa: PLC0415
 
-    return node.node_state(config, ctx.jobid, ctx.rank or 0).attempts()
+    lines = traceback.format_exception(type(err), err, err.__traceback__, limit=-12)
+    log.error("unexpected failure: %s", "".join(lines)[-8000:])
 
 
 def _precancel(ctx: HookContext) -> int:
@@ -105,8 +110,8 @@ def _epilogue(ctx: HookContext) -> int:
         node.epilogue(ctx, config_mod.load())
     except VmWrapperError as err:
         _report(ctx, err.lines())
-    except Exception:
-        log.exception("unexpected failure in teardown")
+    except Exception as err:  # logged, never raised: Torque ignores it
+        _log_unexpected(err)
         _report(ctx, ["internal error during VM teardown (see the node's vm-wrapper log)"])
     return 0  # Torque ignores epilogue failures; `vm-wrapper reap` finishes the job later
 
@@ -127,7 +132,8 @@ def _setup_logging(ctx: HookContext) -> None:
     try:
         LOG_DIR.mkdir(mode=0o700, exist_ok=True)
         name = "".join(c if c.isalnum() or c in "._-" else "_" for c in ctx.jobid)
-        handler = logging.FileHandler(LOG_DIR / f"{name}.log")
+        # delay: a hook that has nothing to say leaves no file behind
+        handler = logging.FileHandler(LOG_DIR / f"{name}.log", delay=True)
         handler.setFormatter(fmt)
         log.addHandler(handler)
     except OSError:

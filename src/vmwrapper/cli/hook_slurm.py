@@ -17,7 +17,7 @@ from pathlib import Path
 from vmwrapper import config as config_mod
 from vmwrapper.batch import slurm_hooks as sh
 from vmwrapper.batch.hookctx import HookContext
-from vmwrapper.cli.hook import _epilogue, _report, _setup_logging
+from vmwrapper.cli.hook import _epilogue, _log_unexpected, _report, _setup_logging
 from vmwrapper.errors import NodeError, VmWrapperError
 
 log = logging.getLogger("vmwrapper.slurm")
@@ -69,8 +69,8 @@ def _prolog(ctx: HookContext, env: dict[str, str]) -> int:
         return sh.RUN
     except VmWrapperError as err:
         failure = err
-    except Exception:
-        log.exception("unexpected failure")
+    except Exception as err:  # a bug is an attempt like any other
+        _log_unexpected(err)
         failure = NodeError("internal error while booting the VMs (see the node's vm-wrapper log)")
     finally:
         script.unlink(missing_ok=True)

@@ -83,7 +83,9 @@ def run(args: list[str]) -> int:
              for k in FILE_KEYS if getattr(request, k)}  # fmt: skip
     jobid = local.next_jobid(config.STATE_DIR)
     copy = local.store_script_copy(
-        config.STATE_DIR, jobid, requestblock.encode(request.to_raw(), files) + "\n"
+        config.STATE_DIR,
+        jobid,
+        requestblock.encode(request.to_raw(), files, requestblock.new_submission_id()) + "\n",
     )
     payload = {"v": 1, "script": base64.b64encode(script).decode(), "args": command[1:],
                "shell": "", "name": Path(script_path).name,
