@@ -140,7 +140,11 @@ class Config:
         "cloud-config keys a user's metadata file may set (space-separated).",
     )
     ALLOW_GUEST_SUDO: bool = setting(
-        "bool", "false", "true: the job user gets passwordless sudo in guests."
+        "bool",
+        "false",
+        "true: the job user gets passwordless sudo in guests. A convenience, not a security "
+        "boundary: the VM is the user's, who can always become root in it (their QEMU and "
+        "seed are theirs).",
     )
     # -- Node side --------------------------------------------------------------------------
     TORQUE_HOME: str = setting("path", "/var/spool/torque", "Torque's PBS_HOME on compute nodes.")

@@ -12,6 +12,8 @@ Layout (STATE_DIR is root-owned)::
                                                    the user (key, known_hosts, vms.json)
     STATE_DIR/attempts/<tag>.<rank>    0600        prologue attempts; survives teardown so a
                                                    requeued job's count keeps growing
+    STATE_DIR/locks/                   0700 root   one file per persistent disk in use
+                                                   (disk-<dev>-<inode>); stays, empty
 
 Directories are 0711 so libvirt's qemu user can reach the files it needs by name while no one
 else can list them. Every open uses O_NOFOLLOW and every directory is checked to be a real,
@@ -132,6 +134,7 @@ class NodeState:
 
     # -- attempts ------------------------------------------------------------------------
     def bump_attempts(self) -> int:
+        ensure_root_dir(self.root)  # the first thing a prologue does: STATE_DIR may be new
         ensure_root_dir(self.root / "attempts")
         count = self.attempts() + 1
         write_file(self.attempts_file, str(count).encode(), 0o600)

@@ -116,13 +116,28 @@ def _epilogue(ctx: HookContext) -> int:
     return 0  # Torque ignores epilogue failures; `vm-wrapper reap` finishes the job later
 
 
+MAX_REPORT_LINES = 10
+
+
 def _report(ctx: HookContext, lines: list[str]) -> None:
-    for line in lines:
+    """Each problem once, at most MAX_REPORT_LINES of them (a forged request can hold
+    thousands), to the log and to the user."""
+    unique = list(dict.fromkeys(lines))
+    if len(unique) > MAX_REPORT_LINES:
+        more = len(unique) - MAX_REPORT_LINES
+        unique = [*unique[:MAX_REPORT_LINES], f"... and {more} more problems"]
+    for line in unique:
         log.error("%s %s: %s", ctx.event, ctx.jobid, line)
         print(f"vm-wrapper: job {ctx.jobid}: {line}", file=sys.stderr)
 
 
 def _setup_logging(ctx: HookContext) -> None:
+    """Syslog and LOG_DIR/<job>.log. Idempotent (tests call hooks in-process), and quiet:
+    a logging failure must never print its traceback into the user's error file."""
+    logging.raiseExceptions = False
+    for old in list(log.handlers):
+        log.removeHandler(old)
+        old.close()
     log.setLevel(logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     if os.path.exists("/dev/log"):
@@ -131,9 +146,9 @@ def _setup_logging(ctx: HookContext) -> None:
         log.addHandler(syslog)
     try:
         LOG_DIR.mkdir(mode=0o700, exist_ok=True)
-        name = "".join(c if c.isalnum() or c in "._-" else "_" for c in ctx.jobid)
+        name = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in ctx.jobid)
         # delay: a hook that has nothing to say leaves no file behind
-        handler = logging.FileHandler(LOG_DIR / f"{name}.log", delay=True)
+        handler = logging.FileHandler(LOG_DIR / f"{name[:100]}.log", delay=True)
         handler.setFormatter(fmt)
         log.addHandler(handler)
     except OSError:
