@@ -231,3 +231,11 @@ def test_scripts_sbatch_refuses() -> None:
     assert slurm.wrap_script("hostname") == (
         b"#!/bin/sh\n# This script was created by sbatch --wrap.\n\nhostname\n"
     )
+
+
+def test_control_character_in_a_vm_directive_is_one_problem() -> None:
+    found = directives("#!/bin/sh\n#SBATCH --vm img=a\r,vcpus=9 -N1\n#SBATCH -J a\rb\necho\n")
+    assert found.problems == [
+        "script line 2: control character '\\r' in 'img=a\\r,vcpus=9'; "
+        "a -vm directive takes plain text"
+    ]  # and not also ",vcpus=9 is not an option"; -J a\rb has no --vm: sbatch reads it so

@@ -242,3 +242,30 @@ def test_raise_resources_reports_unreadable_values() -> None:
 def test_whole_node_problems() -> None:
     problems = torque.whole_node_problems({"procs": "4", "nodes": "1"}, ["L", "l"])
     assert [p.split(":")[0] for p in problems] == ["-l procs=4", "-L"]
+
+
+# -- what Torque would read otherwise in a -vm directive ----------------------------------
+
+
+@pytest.mark.parametrize("char", ["\r", "\v", "\f", "\x1c", "\x7f", "\x85"])
+def test_control_character_in_a_vm_directive_is_a_problem(char: str) -> None:
+    lines = ["#!/bin/sh", f"#PBS -vm img=a{char},vcpus=999", "echo"]
+    found, problems = torque.find_directives(lines, "#PBS")
+    assert problems == [
+        f"script line 2: control character {char!r} in {'img=a' + char + ',vcpus=999'!r}; "
+        "a -vm directive takes plain text"
+    ]
+    assert found[0].parsed.has(torque.VM)
+
+
+def test_stray_word_and_nul_in_directives_are_problems() -> None:
+    _, problems = torque.find_directives(["#PBS -vm img=a ,vcpus=999", "echo"], "#PBS")
+    assert problems == [
+        "script line 1: stray word ',vcpus=999' in a -vm directive (no blanks in -vm values)"
+    ]
+    _, problems = torque.find_directives(["#PBS -N a\0 -l nodes=9", "#PBS -vm img=a"], "#PBS")
+    assert problems == [
+        "script line 1: a NUL byte in a directive (Torque reads the line only up to it)"
+    ]
+    _, problems = torque.find_directives(["#PBS -N a\rb -q c"], "#PBS")  # no -vm: as Torque
+    assert problems == []

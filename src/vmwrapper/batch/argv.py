@@ -51,6 +51,17 @@ class Parsed:
         return any(item.kind == kind for item in self.items)
 
 
+def control_problem(text: str) -> str:
+    """'' if ``text`` (a directive with -vm) has no control character but tabs, else a
+    problem naming the word that holds one. Torque and sbatch split words at \\r, \\v and
+    \\f too: 'img=a\\r,vcpus=9' would be two words, and the VM would not get 9 vCPUs."""
+    for word in text.replace("\t", " ").split(" "):
+        bad = next((c for c in word if c < " " or "\x7f" <= c <= "\x9f"), None)
+        if bad is not None:
+            return f"control character {bad!r} in {word[:60]!r}; a -vm directive takes plain text"
+    return ""
+
+
 def last_value(options: Iterable[tuple[str, str | None]], name: str) -> str | None:
     """The value of the last occurrence of option ``name`` (flags give ''), None if absent."""
     found: str | None = None

@@ -20,6 +20,8 @@ Facts from slurm-wlm 22.05.8 (``src/sbatch/opt.c``, ``src/common/slurm_opt.c``,
   occurrence wins. sbatch also translates ``#PBS`` and ``#BSUB`` lines (not ``--ignore-pbs``).
 
 ``--vm``/``-vm`` and ``--vm-dry-run`` are ours: sbatch would read ``-vm`` as ``-v -m``.
+A control character in an ``#SBATCH`` line with ``--vm`` is refused (sbatch splits words at
+``\r``, ``\v``, ``\f`` too).
 Like torque.py, this module imports nothing at run time (the sbatch fast path uses it).
 """
 
@@ -287,12 +289,26 @@ def find_directives(lines: Sequence[str]) -> Directives:
         found.words += words
         found.word_lines += [number] * len(words)
     found.parsed = parse_argv(found.words)
+    found.problems += _control_problems(lines, found) or _operand_problems(found)
+    return found
+
+
+def _control_problems(lines: Sequence[str], found: Directives) -> list[str]:
+    """Control characters in #SBATCH lines with --vm (sbatch splits words at them too)."""
+    vm_words = [n for item in found.parsed.items if item.kind == VM
+                for n in range(item.start, item.stop)]  # fmt: skip
+    numbers = sorted({found.word_lines[n] for n in vm_words})
+    problems = [(n, argv.control_problem(lines[n])) for n in numbers]
+    return [f"script line {n + 1}: {problem}" for n, problem in problems if problem]
+
+
+def _operand_problems(found: Directives) -> list[str]:
+    """An operand among the directives' words: sbatch refuses it."""
     for item in found.parsed.items:
         if item.kind in (SCRIPT, ARG, END, HETSEP):
             number = found.word_lines[item.start] + 1
-            found.problems.append(f"script line {number}: {item.value or '--'!r} is not an option")
-            break
-    return found
+            return [f"script line {number}: {item.value or '--'!r} is not an option"]
+    return []
 
 
 def split_words(text: str) -> tuple[list[str], str]:

@@ -17,6 +17,9 @@ Facts from Torque 6.1's ``src/cmds/qsub_functions.c`` (adaptivecomputing/torque)
 
 ``-vm`` is ours, not Torque's (Torque would read it as ``-v m``): the exact word ``-vm`` takes
 the next word as its value, on the command line and in directives.
+In a directive, Torque splits words at any C blank (``\r``, ``\v``, ``\f`` too) and reads a
+line only up to a NUL byte, so a ``-vm`` directive with a control character is refused,
+and so is any directive with a NUL byte.
 
 This module imports nothing at run time: the qsub fast path uses it before deciding that a
 job is not a VM job.
@@ -36,6 +39,7 @@ FLAGS = frozenset("EfhInVXxz")
 WITH_VALUE = frozenset("aAbcCdDeFiJjkKlLmMNopPqrStTuvwW")
 VM_OPTION = "-vm"
 DEFAULT_PREFIX = "#PBS"
+MAX_LINE_BYTES = 32766  # qsub's fgets(MAX_LINE_LEN=32768) reads longer lines in pieces
 _BLANKS = " \t\n\v\f\r"
 _DIGITS = frozenset("0123456789")
 
@@ -166,11 +170,26 @@ def find_directives(lines: Sequence[str], prefix: str) -> tuple[list[Directive],
             number += 1
             text = text[:-1] + lines[number]
         words, problem = split_words(text)
+        parsed = parse_argv(words)
+        problem = problem or _directive_problem(text, parsed)
         if problem:
             problems.append(f"script line {first + 1}: {problem}")
-        found.append(Directive(first, number, words, parse_argv(words)))
+        found.append(Directive(first, number, words, parsed))
         number += 1
     return found, problems
+
+
+def _directive_problem(text: str, parsed: Parsed) -> str:
+    """What would make Torque read a directive otherwise than we do."""
+    if "\0" in text:
+        return "a NUL byte in a directive (Torque reads the line only up to it)"
+    if not parsed.has(VM):
+        return ""
+    stray = parsed.operands()
+    problem = argv.control_problem(text)
+    if not problem and stray:
+        problem = f"stray word {stray[0][:40]!r} in a -vm directive (no blanks in -vm values)"
+    return problem
 
 
 def split_words(text: str) -> tuple[list[str], str]:
