@@ -239,3 +239,26 @@ def test_control_character_in_a_vm_directive_is_one_problem() -> None:
         "script line 2: control character '\\r' in 'img=a\\r,vcpus=9'; "
         "a -vm directive takes plain text"
     ]  # and not also ",vcpus=9 is not an option"; -J a\rb has no --vm: sbatch reads it so
+
+
+def test_misspelt_vm_options_are_problems() -> None:
+    assert slurm.parse_argv(["-vm=img=a", "j.sh"]).vm_values() == ["img=a"]
+    for args, problem in [
+        (["-VM", "vcpus=2"], "'-VM': options are case-sensitive; write -vm key=value"),
+        (["--VM", "vcpus=2"], "unknown option '--VM': ours are -vm"),
+        (["--VM=vcpus=2"], "unknown option '--VM=vcpus=2'"),
+        (["--vm-dry"], "unknown option '--vm-dry'"),
+    ]:
+        parsed = slurm.parse_argv([*args, "j.sh"])
+        assert len(parsed.problems) == 1 and parsed.problems[0].startswith(problem)
+        assert parsed.has(slurm.BAD_VM) and parsed.script() == "j.sh"
+    parsed = slurm.parse_argv(["-VM", "cluster1", "j.sh"])  # sbatch's -V -M CLUSTERS
+    assert parsed.options() == [("version", None), ("clusters", "cluster1")]
+    assert not parsed.ours()
+
+
+def test_dry_run_directive_is_ours_and_leaves_the_kept_lines() -> None:
+    found = directives("#!/bin/sh\n#SBATCH --vm-dry-run -t 5\n#SBATCH --vm vcpus=1\necho\n")
+    assert found.parsed.ours() == {slurm.DRY_RUN, slurm.VM}
+    lines = ["#!/bin/sh", "#SBATCH --vm-dry-run -t 5"]
+    assert slurm.kept_directive_lines(lines, slurm.find_directives(lines)) == (["#SBATCH -t 5"], [])

@@ -1,7 +1,8 @@
 """Hostile -vm input through the qsub and sbatch wrappers (issue 9, item 7).
 
-A -vm directive that Torque or sbatch would read otherwise than we do is refused in one
-line (non-zero, nothing submitted): never a traceback, never a silent host job.
+Control characters in -vm directives, misspellings of -vm, --vm-dry-run in a directive.
+Whatever the input, a wrapper either refuses it in one line (non-zero, nothing submitted),
+submits a VM job, or (a dry run) submits nothing: never a silent host job.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from submit_site import SCRIPTS, Site
+from submit_site import SCRIPTS, Site, enc
 
+from vmwrapper import requestblock
 from vmwrapper.cli import qsub, sbatch
 from vmwrapper.errors import RequestError
 
+QSUB_JOB = b"#!/bin/sh\n#PBS -l walltime=00:10:00\necho\n"
+SBATCH_JOB = b"#!/bin/sh\n#SBATCH -t 10\necho\n"
 MAGIC = {"qsub": "#PBS -vm", "sbatch": "#SBATCH --vm"}
 
 
@@ -104,3 +108,81 @@ def test_stray_word_after_a_directive_vm_value_is_refused(
     assert refused(monkeypatch, site, "qsub", ["job.sh"]) == [
         "script line 2: stray word ',vcpus=999' in a -vm directive (no blanks in -vm values)"
     ]
+
+
+# -- 2. spellings of -vm -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args", [["-vm=vcpus=1"], ["--vm", "vcpus=1"], ["--vm=vcpus=1"], ["-vm", "vcpus=1"]]
+)
+def test_every_vm_spelling_submits_a_vm_job(
+    monkeypatch: pytest.MonkeyPatch, site: Site, command: str, args: list[str]
+) -> None:
+    done = submit_here(monkeypatch, site, command, args, b"#!/bin/sh\necho\n")
+    assert isinstance(done, Submitted) and done.stdin is not None
+    block = requestblock.find(done.stdin)
+    assert block is not None and block.vm == {"vcpus": "1"}
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["-VM", "vcpus=1"], "'-VM': options are case-sensitive; write -vm key=value"),
+        (["-Vm", "vcpus=1"], "'-Vm': options are case-sensitive"),
+        (["-vM=img=debian12"], "'-vM=img=debian12': options are case-sensitive"),
+        (["--VM", "vcpus=1"], "unknown option '--VM': ours are -vm key=value[,...] and"),
+        (["--VM=vcpus=1"], "unknown option '--VM=vcpus=1'"),
+        (["--vm-dryrun", "-vm", "vcpus=1"], "unknown option '--vm-dryrun'"),
+    ],
+)
+def test_misspelt_vm_is_refused_never_a_host_job(
+    site: Site, command: str, args: list[str], needle: str
+) -> None:
+    site.write("job.sh", QSUB_JOB if command == "qsub" else SBATCH_JOB)
+    result = site.run([*args, "job.sh"])
+    assert result.code == 2 and result.argv is None, result.err
+    assert needle in result.err.splitlines()[0] and "Traceback" not in result.err
+
+
+def test_misspelt_vm_in_a_directive_is_refused(site: Site, command: str) -> None:
+    magic = "#PBS" if command == "qsub" else "#SBATCH"
+    site.write("job.sh", f"#!/bin/sh\n{magic} -VM vcpus=2\necho\n".encode())
+    result = site.run(["job.sh"])
+    assert result.code == 2 and result.argv is None
+    assert "'-VM': options are case-sensitive" in result.err
+
+
+@pytest.mark.parametrize(
+    ("command", "args"),
+    [("qsub", ["-VM", "alice@example.org"]), ("qsub", ["-Vm", "abe"]), ("qsub", ["-vM"]),
+     ("sbatch", ["-vM", "cluster1"])],
+)  # fmt: skip
+def test_real_options_that_look_alike_pass_through_unchanged(
+    site: Site, command: str, args: list[str]
+) -> None:
+    site.write("job.sh", b"#!/bin/sh\n#PBS -VM bob\n#SBATCH -VM c2\necho\n")
+    result = site.run([*args, "job.sh"])
+    assert result.code == 0 and result.err == "" and result.argv == enc([*args, "job.sh"])
+
+
+# -- 3. --vm-dry-run in a directive --------------------------------------------------------
+
+
+def test_dry_run_directive_in_a_vm_job_submits_nothing(site: Site, command: str) -> None:
+    magic = "#PBS" if command == "qsub" else "#SBATCH"
+    site.write(
+        "job.sh", f"#!/bin/sh\n{magic} --vm-dry-run\n{MAGIC[command]} vcpus=1\necho\n".encode()
+    )
+    result = site.run(["job.sh"])
+    assert result.code == 0 and result.argv is None
+    assert result.out.startswith("# vm-wrapper dry run (nothing submitted)")
+    assert "#%VMW-REQUEST-V1 " in result.out and "--vm-dry-run" not in result.out
+
+
+def test_dry_run_directive_in_a_plain_job_submits_nothing(site: Site, command: str) -> None:
+    magic = "#PBS" if command == "qsub" else "#SBATCH"
+    result = site.run([], stdin=f"#!/bin/sh\n{magic} --vm-dry-run\necho plain\n".encode())
+    assert result.code == 0 and result.argv is None
+    assert result.out.splitlines()[0] == "# vm-wrapper dry run (nothing submitted). The real "\
+        f"{command} would run as:"  # fmt: skip

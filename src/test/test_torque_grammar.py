@@ -269,3 +269,60 @@ def test_stray_word_and_nul_in_directives_are_problems() -> None:
     ]
     _, problems = torque.find_directives(["#PBS -N a\rb -q c"], "#PBS")  # no -vm: as Torque
     assert problems == []
+
+
+# -- our options in every spelling, and what must never become a host job -------------------
+
+
+@pytest.mark.parametrize(
+    "args", [["-vm", "img=a"], ["-vm=img=a"], ["--vm", "img=a"], ["--vm=img=a"]]
+)
+def test_vm_option_spellings(args: list[str]) -> None:
+    parsed = torque.parse_argv([*args, "job.sh"])
+    assert parsed.vm_values() == ["img=a"] and parsed.problems == []
+    assert parsed.options() == [] and parsed.script() == "job.sh"
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["-VM", "vcpus=2"], "'-VM': options are case-sensitive; write -vm key=value"),
+        (["-Vm", "vcpus=2"], "'-Vm': options are case-sensitive"),
+        (["-vM=vcpus=2"], "'-vM=vcpus=2': options are case-sensitive"),
+        (["--VM", "vcpus=2"], "unknown option '--VM': ours are -vm key=value[,...] and"),
+        (["--vm-dryrun"], "unknown option '--vm-dryrun'"),
+        (["--vm-dry-run=yes"], "unknown option '--vm-dry-run=yes'"),
+        (["-vm="], "-vm needs a value"),
+        (["--vm", ""], "--vm needs a value"),
+    ],
+)
+def test_misspelt_vm_options_are_problems_not_torque_options(args: list[str], problem: str) -> None:
+    parsed = torque.parse_argv([*args, "job.sh"])
+    assert len(parsed.problems) == 1 and parsed.problems[0].startswith(problem)
+    assert parsed.ours() & {torque.VM, torque.BAD_VM} and parsed.script() == "job.sh"
+
+
+@pytest.mark.parametrize(
+    ("args", "options"),
+    [
+        (["-VM", "alice@host"], [("V", None), ("M", "alice@host")]),
+        (["-Vm", "abe"], [("V", None), ("m", "abe")]),
+        (["-vM", "-lnodes=1"], [("v", "M"), ("l", "nodes=1")]),
+        (["-vMY=1"], [("v", "MY=1")]),
+    ],
+)
+def test_torque_options_that_look_like_vm_stay_torque_options(
+    args: list[str], options: list[tuple[str, str | None]]
+) -> None:
+    parsed = torque.parse_argv(args)
+    assert parsed.options() == options and parsed.problems == [] and not parsed.ours()
+
+
+def test_dry_run_directive_found_and_removed_from_kept_lines() -> None:
+    lines = ["#!/bin/sh", "#PBS --vm-dry-run", "#PBS -N a --vm-dry-run -vm=img=x", "echo"]
+    found, problems = torque.find_directives(lines, "#PBS")
+    assert problems == [] and [d.parsed.ours() for d in found] == [
+        {torque.DRY_RUN},
+        {torque.DRY_RUN, torque.VM},
+    ]
+    assert torque.kept_directive_lines(found, lines, "#PBS") == ["#PBS -N a"]

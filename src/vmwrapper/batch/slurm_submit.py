@@ -19,16 +19,17 @@ Facts from slurm-wlm 22.05.8 (``src/sbatch/opt.c``, ``src/common/slurm_opt.c``,
 - Precedence: directives, then SBATCH_* variables, then the command line; the last
   occurrence wins. sbatch also translates ``#PBS`` and ``#BSUB`` lines (not ``--ignore-pbs``).
 
-``--vm``/``-vm`` and ``--vm-dry-run`` are ours: sbatch would read ``-vm`` as ``-v -m``.
-A control character in an ``#SBATCH`` line with ``--vm`` is refused (sbatch splits words at
-``\r``, ``\v``, ``\f`` too).
+``--vm``/``-vm`` (value next or after ``=``) and ``--vm-dry-run`` are ours: sbatch would
+read ``-vm`` as ``-v -m``. Misspellings that ask for a VM (``-VM vcpus=2``, ``--VM``) are
+refused (batch/argv.py), and so is a control character in an ``#SBATCH`` line with
+``--vm`` (sbatch splits words at ``\r``, ``\v``, ``\f`` too).
 Like torque.py, this module imports nothing at run time (the sbatch fast path uses it).
 """
 
 from __future__ import annotations
 
 from vmwrapper.batch import argv
-from vmwrapper.batch.argv import DRY_RUN, DRY_RUN_OPTION, END, OPTIONS, VM, Item, last_value
+from vmwrapper.batch.argv import BAD_VM, DRY_RUN, DRY_RUN_OPTION, END, OPTIONS, VM, Item, last_value
 
 # Not typing.TYPE_CHECKING: importing typing costs ~5 ms on the sbatch fast path.
 TYPE_CHECKING = False
@@ -79,7 +80,6 @@ SHORT: dict[str, str] = dict(
         "V=version W=wait"
     )
 )
-VM_OPTION, VM_SHORT = "--vm", "-vm"
 # SBATCH_* variables that decide how we size or name a VM job (opt.c env_vars[]); they
 # rank between the directives and the command line
 ENV_OPTIONS = {
@@ -128,25 +128,10 @@ def parse_argv(args: Sequence[str]) -> Parsed:
                 for n in range(first, len(args))
             ]
             break
-        item = _ours(args, index, problems) or _option(args, index, problems)
+        item = argv.ours(args, index, problems) or _option(args, index, problems)
         items.append(item)
         index = item.stop
     return Parsed(items, problems)
-
-
-def _ours(args: Sequence[str], index: int, problems: list[str]) -> Item | None:
-    """--vm VALUE, --vm=VALUE, -vm VALUE and --vm-dry-run; None for anything else."""
-    word = args[index]
-    if word == DRY_RUN_OPTION:
-        return Item(DRY_RUN, index, index + 1)
-    if word.startswith(VM_OPTION + "="):
-        return Item(VM, index, index + 1, word[len(VM_OPTION) + 1 :])
-    if word not in (VM_OPTION, VM_SHORT):
-        return None
-    if index + 1 >= len(args):
-        problems.append(f"{word} needs a value: {word} key=value[,key=value...]")
-        return Item(VM, index, index + 1)
-    return Item(VM, index, index + 2, args[index + 1])
 
 
 def _option(args: Sequence[str], index: int, problems: list[str]) -> Item:
@@ -369,7 +354,7 @@ def kept_directive_lines(lines: Sequence[str], found: Directives) -> tuple[list[
     """(directive lines for the job wrapper, problems): every directive line sbatch reads,
     verbatim, except that --vm and --vm-dry-run words are taken out of #SBATCH lines."""
     ours = {
-        n for item in found.parsed.items if item.kind in (VM, DRY_RUN)
+        n for item in found.parsed.items if item.kind in argv.OURS
         for n in range(item.start, item.stop)
     }  # fmt: skip
     kept: list[str] = []
@@ -389,7 +374,10 @@ def kept_directive_lines(lines: Sequence[str], found: Directives) -> tuple[list[
 
 def torque_vm_lines(lines: Sequence[str], found: Directives) -> list[int]:
     """#PBS lines carrying -vm: qsub's syntax, which sbatch would read as -v (export)."""
-    return [n for n in found.lines if lines[n].startswith("#PBS") and "-vm" in lines[n].split()]
+    return [
+        n for n in found.lines if lines[n].startswith("#PBS")
+        and any(word.partition("=")[0] in argv.VM_NAMES for word in lines[n].split())
+    ]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------
@@ -542,4 +530,4 @@ def script_problems(script: bytes) -> list[str]:
 
 
 # re-exported: callers see one grammar module (the names this module defines stay public)
-__all__ = ["DRY_RUN", "DRY_RUN_OPTION", "END", "OPTIONS", "VM", "Item", "last_value"]
+__all__ = ["BAD_VM", "DRY_RUN", "DRY_RUN_OPTION", "END", "OPTIONS", "VM", "Item", "last_value"]

@@ -15,8 +15,11 @@ Facts from Torque 6.1's ``src/cmds/qsub_functions.c`` (adaptivecomputing/torque)
 - Command-line options win over directives; the last occurrence of an option wins; ``-l``
   lists merge, and a later value of the same resource wins.
 
-``-vm`` is ours, not Torque's (Torque would read it as ``-v m``): the exact word ``-vm`` takes
-the next word as its value, on the command line and in directives.
+``-vm`` is ours, not Torque's (Torque would read it as ``-v m``): the words ``-vm`` and
+``--vm`` take the next word as their value, ``-vm=VALUE`` and ``--vm=VALUE`` the rest of
+the word, on the command line and in directives (Torque refuses every ``--vm...``, and
+``-vm=`` would be ``-v m=``). ``--vm-dry-run`` is ours too. Other spellings that ask for a
+VM (``-VM vcpus=2`` would be ``-V -M vcpus=2``) are refused: never a silent host job.
 In a directive, Torque splits words at any C blank (``\r``, ``\v``, ``\f`` too) and reads a
 line only up to a NUL byte, so a ``-vm`` directive with a control character is refused,
 and so is any directive with a NUL byte.
@@ -28,7 +31,7 @@ job is not a VM job.
 from __future__ import annotations
 
 from vmwrapper.batch import argv
-from vmwrapper.batch.argv import DRY_RUN, DRY_RUN_OPTION, END, OPTIONS, VM, Item, last_value
+from vmwrapper.batch.argv import BAD_VM, DRY_RUN, DRY_RUN_OPTION, END, OPTIONS, VM, Item, last_value
 
 # Not typing.TYPE_CHECKING: importing typing costs ~5 ms on the qsub fast path.
 TYPE_CHECKING = False
@@ -37,7 +40,6 @@ if TYPE_CHECKING:
 
 FLAGS = frozenset("EfhInVXxz")
 WITH_VALUE = frozenset("aAbcCdDeFiJjkKlLmMNopPqrStTuvwW")
-VM_OPTION = "-vm"
 DEFAULT_PREFIX = "#PBS"
 MAX_LINE_BYTES = 32766  # qsub's fgets(MAX_LINE_LEN=32768) reads longer lines in pieces
 _BLANKS = " \t\n\v\f\r"
@@ -74,16 +76,8 @@ def parse_argv(args: Sequence[str], *, permute: bool = True) -> Parsed:
         elif word == "--":
             items.append(Item(END, index, index + 1))
             ended, index = True, index + 1
-        elif word == VM_OPTION:
-            if index + 1 >= len(args):
-                problems.append("-vm needs a value: -vm key=value[,key=value...]")
-            items.append(Item(VM, index, min(index + 2, len(args)), _at(args, index + 1)))
-            index += 2
-        elif word == DRY_RUN_OPTION:
-            items.append(Item(DRY_RUN, index, index + 1))
-            index += 1
         else:
-            item = _option_cluster(args, index, problems)
+            item = argv.ours(args, index, problems) or _option_cluster(args, index, problems)
             items.append(item)
             index = item.stop
     return Parsed(items, problems)
@@ -339,21 +333,22 @@ def raise_resources(resources: Mapping[str, str], cores: int, node_ram_mb: int) 
 def kept_directive_lines(
     directives: Iterable[Directive], lines: Sequence[str], prefix: str
 ) -> list[str]:
-    """The user's directives minus every ``-vm``: one line each, for the job wrapper.
+    """The user's directives minus every ``-vm`` and ``--vm-dry-run``: one line each, for
+    the job wrapper.
 
-    A single-line directive without -vm is kept verbatim; others are rewritten as one line
+    A single-line directive without them is kept verbatim; others are rewritten as one line
     of quoted words (continuation lines would be shell commands in the wrapper).
     """
     kept: list[str] = []
     for directive in directives:
         parsed = directive.parsed
-        if directive.first == directive.last and not parsed.has(VM):
+        if directive.first == directive.last and not parsed.ours():
             kept.append(lines[directive.first])
             continue
         words = [
             word
             for item in parsed.items
-            if item.kind != VM
+            if item.kind not in argv.OURS
             for word in directive.words[item.start : item.stop]
         ]
         if words:
@@ -362,4 +357,4 @@ def kept_directive_lines(
 
 
 # re-exported: callers see one grammar module (the names this module defines stay public)
-__all__ = ["DRY_RUN", "DRY_RUN_OPTION", "END", "OPTIONS", "VM", "Item", "last_value"]
+__all__ = ["BAD_VM", "DRY_RUN", "DRY_RUN_OPTION", "END", "OPTIONS", "VM", "Item", "last_value"]

@@ -5,6 +5,9 @@ find the script the way Torque does, look for ``-vm`` in its directives, and exe
 qsub with the very same argv (and, if we had to read the script from stdin, the very same
 bytes on stdin). Nothing heavier than ``os`` is imported on that path.
 
+``--vm-dry-run``, on the command line or in a directive, prints what would be submitted
+and submits nothing, for plain and VM jobs alike.
+
 VM path: full config, validation of every input (all problems at once), the job wrapper
 script rendered from templates/jobwrapper.sh.j2, then exec of the real qsub with the wrapper
 on its stdin. Handing the script over on stdin (a memfd) instead of a temp file means there
@@ -19,7 +22,7 @@ import os
 import sys
 
 from vmwrapper import submitcore as core
-from vmwrapper.batch import torque
+from vmwrapper.batch import argv, torque
 
 # Not typing.TYPE_CHECKING: importing typing costs ~5 ms (re, collections) on the fast path.
 TYPE_CHECKING = False
@@ -57,12 +60,14 @@ def submit(args: list[str], self_path: str, environ: Mapping[str, str]) -> int:
     parsed = torque.parse_argv(args, permute="POSIXLY_CORRECT" not in environ)
     interactive = torque.last_value(parsed.options(), "I") is not None
     script, on_stdin = core.read_script(parsed.script(), stdin_ok=not interactive)
-    if not wants_vm(parsed, script, environ):
-        if parsed.has(torque.DRY_RUN):
-            plain = [w for w in args if w != torque.DRY_RUN_OPTION]
+    kinds = ours(parsed, script, environ)
+    dry_run = torque.DRY_RUN in kinds
+    if not kinds & {torque.VM, torque.BAD_VM}:  # a misspelt -vm is refused on the VM path
+        if dry_run:
+            plain = parsed.without(args, torque.DRY_RUN)
             return core.print_dry_run("qsub", real, plain, script if on_stdin else None)
         exec_qsub(real, args, script if on_stdin else None)
-    return submit_vm(args, parsed, script, real, environ)
+    return submit_vm(args, parsed, script, real, environ, dry_run=dry_run)
 
 
 def real_qsub(settings: Mapping[str, str], self_path: str) -> str:
@@ -74,15 +79,15 @@ def real_qsub(settings: Mapping[str, str], self_path: str) -> str:
     return core.refuse_self(key, settings[key], self_path, "qsub")
 
 
-def wants_vm(parsed: torque.Parsed, script: bytes | None, environ: Mapping[str, str]) -> bool:
-    """-vm (or --vm-dry-run with -vm) on the command line or in a directive."""
-    if parsed.has(torque.VM):
-        return True
-    if script is None or b"-vm" not in script:  # the cheap test settles almost every job
-        return False
+def ours(parsed: torque.Parsed, script: bytes | None, environ: Mapping[str, str]) -> set[str]:
+    """Which of -vm, a misspelt -vm and --vm-dry-run (VM, BAD_VM, DRY_RUN) occur on the
+    command line or in a directive."""
+    kinds = parsed.ours()
+    if script is None or not argv.may_name_vm(script):  # the cheap test settles most jobs
+        return kinds
     prefix = torque.directive_prefix(parsed, environ)
     directives, _ = torque.find_directives(core.script_lines(script), prefix)
-    return any(d.parsed.has(torque.VM) for d in directives)
+    return kinds.union(*(d.parsed.ours() for d in directives))
 
 
 def exec_qsub(real: str, args: Sequence[str], stdin_data: bytes | None) -> NoReturn:
@@ -101,6 +106,8 @@ def submit_vm(
     script: bytes | None,
     real: str,
     environ: Mapping[str, str],
+    *,
+    dry_run: bool,
 ) -> int:
     """Validate everything, then exec the real qsub with the job wrapper on its stdin."""
     core.enable_site()
@@ -108,4 +115,4 @@ def submit_vm(
     from vmwrapper.cli.qsub_vm import TorqueVmJob  # noqa: PLC0415
 
     job = TorqueVmJob(args, parsed, script, submitvm.load_config(), environ)
-    return submitvm.submit(job, "qsub", real, parsed.has(torque.DRY_RUN), exec_qsub)
+    return submitvm.submit(job, "qsub", real, dry_run, exec_qsub)

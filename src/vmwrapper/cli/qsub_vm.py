@@ -109,13 +109,13 @@ class TorqueVmJob(VmJob):
         return torque.kept_directive_lines(self.directives, self.lines, self.prefix)
 
     def read_back_problem(self, wrapper: bytes, kept: list[str]) -> str:
-        """Torque must see exactly our directive lines."""
+        """Torque must see exactly our directive lines (and none of our options)."""
         longest = max((len(line.encode("utf-8", "surrogateescape")) for line in kept), default=0)
         if longest > torque.MAX_LINE_BYTES:
             limit = torque.MAX_LINE_BYTES
             return f"a directive is longer than the {limit} bytes Torque reads as one line"
         found, problems = torque.find_directives(submitcore.script_lines(wrapper), self.prefix)
-        if problems or len(found) != len(kept) or any(d.parsed.has(torque.VM) for d in found):
+        if problems or len(found) != len(kept) or any(d.parsed.ours() for d in found):
             why = f"directive prefix {self.prefix!r} clashes with vm-wrapper's own lines"
             return why + "; choose another -C or PBS_DPREFIX"
         return ""

@@ -5,6 +5,9 @@ script the way sbatch does (``--wrap``, a file, or stdin), look for ``--vm`` in 
 ``#SBATCH`` lines, and exec the real sbatch with the very same argv (and, if the script
 came on stdin, the very same bytes). Nothing heavier than ``os`` is imported on that path.
 
+``--vm-dry-run``, on the command line or in an ``#SBATCH`` line, prints what would be
+submitted and submits nothing, for plain and VM jobs alike.
+
 VM path, as for qsub (submitvm): every problem at once, the request raised so that the
 VMs fit (``--cpus-per-task`` or ``--ntasks-per-node``, and ``--mem`` or ``--mem-per-cpu``),
 the job wrapper on the real sbatch's stdin. The job is tagged for slurm/prolog with
@@ -19,6 +22,7 @@ import os
 import sys
 
 from vmwrapper import submitcore as core
+from vmwrapper.batch import argv
 from vmwrapper.batch import slurm_submit as slurm
 
 # Not typing.TYPE_CHECKING: importing typing costs ~5 ms (re, collections) on the fast path.
@@ -51,12 +55,14 @@ def submit(args: list[str], self_path: str, environ: Mapping[str, str]) -> int:
         exec_sbatch(real, args, None)
     parsed = slurm.parse_argv(args)
     script, on_stdin = read_job_script(parsed, environ)
-    if not wants_vm(parsed, script):
-        if parsed.has(slurm.DRY_RUN):
-            plain = [w for w in args if w != slurm.DRY_RUN_OPTION]
+    kinds = ours(parsed, script)
+    dry_run = slurm.DRY_RUN in kinds
+    if not kinds & {slurm.VM, slurm.BAD_VM}:  # a misspelt --vm is refused on the VM path
+        if dry_run:
+            plain = parsed.without(args, slurm.DRY_RUN)
             return core.print_dry_run("sbatch", real, plain, script if on_stdin else None)
         exec_sbatch(real, args, script if on_stdin else None)
-    return submit_vm(args, parsed, script, real, environ)
+    return submit_vm(args, parsed, script, real, environ, dry_run=dry_run)
 
 
 def read_job_script(parsed: slurm.Parsed, environ: Mapping[str, str]) -> tuple[bytes | None, bool]:
@@ -85,15 +91,16 @@ def _is_file(path: str) -> bool:
         return False
 
 
-def wants_vm(parsed: slurm.Parsed, script: bytes | None) -> bool:
-    """--vm on the command line, or in a directive; or qsub's #PBS -vm (refused later)."""
-    if parsed.has(slurm.VM):
-        return True
-    if script is None or b"-vm" not in script:  # the cheap test settles almost every job
-        return False
+def ours(parsed: slurm.Parsed, script: bytes | None) -> set[str]:
+    """Which of --vm, a misspelt --vm and --vm-dry-run (VM, BAD_VM, DRY_RUN) occur on the
+    command line or in a directive; qsub's #PBS -vm counts as VM (refused later)."""
+    kinds = parsed.ours()
+    if script is None or not argv.may_name_vm(script):  # the cheap test settles most jobs
+        return kinds
     lines = core.script_lines(script)
     found = slurm.find_directives(lines)
-    return found.parsed.has(slurm.VM) or bool(slurm.torque_vm_lines(lines, found))
+    torque_vm = {slurm.VM} if slurm.torque_vm_lines(lines, found) else set()
+    return kinds | found.parsed.ours() | torque_vm
 
 
 def exec_sbatch(real: str, args: Sequence[str], stdin_data: bytes | None) -> NoReturn:
@@ -112,6 +119,8 @@ def submit_vm(
     script: bytes | None,
     real: str,
     environ: Mapping[str, str],
+    *,
+    dry_run: bool,
 ) -> int:
     """Validate everything, then exec the real sbatch with the job wrapper on its stdin."""
     core.enable_site()
@@ -119,5 +128,4 @@ def submit_vm(
     from vmwrapper.cli.sbatch_vm import SlurmVmJob  # noqa: PLC0415
 
     job = SlurmVmJob(args, parsed, script, submitvm.load_config(), environ)
-    dry_run = parsed.has(slurm.DRY_RUN) or job.found.parsed.has(slurm.DRY_RUN)
     return submitvm.submit(job, "sbatch", real, dry_run, exec_sbatch)
