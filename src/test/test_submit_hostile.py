@@ -1,8 +1,9 @@
 """Hostile -vm input through the qsub and sbatch wrappers (issue 9, item 7).
 
-Control characters in -vm directives, misspellings of -vm, --vm-dry-run in a directive.
-Whatever the input, a wrapper either refuses it in one line (non-zero, nothing submitted),
-submits a VM job, or (a dry run) submits nothing: never a silent host job.
+Control characters, misspellings of -vm, --vm-dry-run in a directive, floods of problems,
+values no batch system or parser expects. Whatever the input, a wrapper either refuses it
+in a few short lines (non-zero, nothing submitted) or submits a VM job whose request is
+plain ASCII: never a traceback, never a silent host job.
 """
 
 from __future__ import annotations
@@ -14,15 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from submit_site import SCRIPTS, Site, enc
 
-from vmwrapper import requestblock
+from vmwrapper import requestblock, submitcore
+from vmwrapper.batch import slurm_submit as slurm
+from vmwrapper.batch import torque
 from vmwrapper.cli import qsub, sbatch
-from vmwrapper.errors import RequestError
+from vmwrapper.errors import RequestError, VmWrapperError
 
 QSUB_JOB = b"#!/bin/sh\n#PBS -l walltime=00:10:00\necho\n"
 SBATCH_JOB = b"#!/bin/sh\n#SBATCH -t 10\necho\n"
 MAGIC = {"qsub": "#PBS -vm", "sbatch": "#SBATCH --vm"}
+EMPTY = "empty item in -vm (stray comma?)"
 
 
 class Submitted(Exception):
@@ -186,3 +192,123 @@ def test_dry_run_directive_in_a_plain_job_submits_nothing(site: Site, command: s
     assert result.code == 0 and result.argv is None
     assert result.out.splitlines()[0] == "# vm-wrapper dry run (nothing submitted). The real "\
         f"{command} would run as:"  # fmt: skip
+
+
+# -- 4. values no parser expects: one clear line each --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ("vcpus=1\r", "-vm 'vcpus=1\\r': control character '\\r'; use plain ASCII"),
+        ("\rvcpus=1", "-vm '\\rvcpus=1': control character '\\r'"),  # key.strip() hid it
+        ("vcpus=1,\x0bimg=debian12", "-vm '\\x0bimg=debian12': control character '\\x0b'"),
+        ("\x1cvcpus=1", "control character '\\x1c'"),
+        ("img=debian12\x7f", "control character '\\x7f'"),
+        ("vcpus=1\x85", "control character '\\x85'"),
+        ("\u2028vcpus=1", "-vm '\\u2028vcpus=1': non-ASCII character '\\u2028'"),
+        ("vcpus=\u00b2", "-vm 'vcpus=\\xb2': non-ASCII character '\\xb2'"),
+        ("vcpus=\uff12", "non-ASCII character '\\uff12'"),
+        ("ram=1048576\u212a", "-vm 'ram=1048576\\u212a': non-ASCII character '\\u212a'"),
+        ("img=\udcff\udcfe", "-vm 'img=\\udcff\\udcfe': byte \\xff that is not UTF-8"),
+        ("img=" + "a" * 100_000, "img: value longer than 4096 characters"),
+    ],
+)
+def test_hostile_command_line_values_are_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, site: Site, command: str, value: str, needle: str
+) -> None:
+    lines = refused(monkeypatch, site, command, ["-vm", value])
+    assert len(lines) == 1 and needle in lines[0], lines
+
+
+def test_undecodable_argv_bytes_are_one_line_without_traceback(site: Site) -> None:
+    result = site.run(["-vm", b"img=\xff\xfe"], stdin=b"#!/bin/sh\necho\n")
+    assert result.code == 2 and result.argv is None
+    assert result.err == "vm-wrapper: -vm 'img=\\udcff\\udcfe': byte \\xff that is not UTF-8; "\
+        "use plain ASCII\n"  # fmt: skip
+
+
+# -- 5. floods of problems -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [",", ",,,", ",vcpus=1", "vcpus=1,", "vcpus=1, ,ram=1G"])
+def test_empty_items_give_one_line(
+    monkeypatch: pytest.MonkeyPatch, site: Site, command: str, value: str
+) -> None:
+    assert refused(monkeypatch, site, command, ["-vm", value]) == [EMPTY]
+
+
+def test_a_hundred_thousand_commas_print_one_line(site: Site) -> None:
+    result = site.run(["-vm", "," * 100_000], stdin=b"#!/bin/sh\necho\n")
+    assert result.code == 2 and result.argv is None
+    assert result.err == f"vm-wrapper: {EMPTY}\n"
+
+
+def test_many_different_problems_are_capped(
+    monkeypatch: pytest.MonkeyPatch, site: Site, command: str
+) -> None:
+    keys = ",".join(f"k{n}=1" for n in range(50))
+    lines = refused(monkeypatch, site, command, ["-vm", keys])
+    assert len(lines) == 11 and lines[-1] == "... and 40 more problems"
+    assert lines[0].startswith("-vm: unknown key 'k0'")
+    lines = refused(monkeypatch, site, command, ["-vm", "k" * 100_000 + "=1"])
+    assert len(lines) == 1 and len(lines[0]) <= 300 and lines[0].endswith("...")
+
+
+def test_missing_value_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, site: Site, command: str
+) -> None:
+    assert refused(monkeypatch, site, command, ["-vm"]) == [
+        "-vm needs a value: -vm key=value[,key=value...]"
+    ]
+    assert refused(monkeypatch, site, command, ["--vm="]) == [
+        "--vm needs a value: --vm key=value[,key=value...]"
+    ]
+
+
+# -- whatever the value: refused in a few short lines, or a plain-ASCII VM request ---------
+
+TOKENS = ["vcpus=2", "img=debian12", "ram=1G", "=", ",", " ", "\t", "\r", "\v", "\f", "\x1c",
+          "\x85", "\u2028", "\u212a", "\u00b2", "\uff12", "\udcff", "'", '"', "\\", "#", "-vm",
+          "--vm-dry-run", "a", "9", "-", ":"]  # fmt: skip
+VALUES = st.lists(st.sampled_from(TOKENS), max_size=8).map("".join)
+
+
+def attempt(
+    monkeypatch: pytest.MonkeyPatch, site: Site, command: str, args: list[str], value: str
+) -> None:
+    """Refused in a few short, distinct lines; or a VM job (never a host job) whose value
+    was plain text and whose wrapper holds no stray words for the batch system."""
+    try:
+        outcome = submit_here(monkeypatch, site, command, args, b"")
+    except VmWrapperError as err:
+        lines = err.lines()
+        assert 1 <= len(lines) <= 11 and len(set(lines)) == len(lines), lines
+        assert all(line and "\n" not in line and len(line) <= 300 for line in lines)
+        return
+    assert isinstance(outcome, (Submitted, int)), outcome
+    assert all(c == "\t" or " " <= c <= "~" for c in value), value
+    if isinstance(outcome, Submitted):
+        assert outcome.stdin is not None and requestblock.find(outcome.stdin) is not None
+        lines = submitcore.script_lines(outcome.stdin)
+        if command == "qsub":
+            found, problems = torque.find_directives(lines, "#PBS")
+            assert problems == [] and not any(d.parsed.operands() for d in found)
+        else:
+            assert slurm.find_directives(lines).problems == []
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(VALUES, st.booleans())
+def test_any_vm_value_is_refused_briefly_or_a_clean_vm_job(
+    monkeypatch: pytest.MonkeyPatch, site: Site, command: str, value: str, in_script: bool
+) -> None:
+    if in_script:
+        script = f"#!/bin/sh\n{MAGIC[command]} {value}\necho\n"
+        site.write("job.sh", script.encode("utf-8", "surrogateescape"))
+        attempt(monkeypatch, site, command, ["job.sh"], value)
+    else:
+        site.write("job.sh", b"#!/bin/sh\necho\n")
+        attempt(monkeypatch, site, command, ["-vm", value, "job.sh"], value.replace("\t", "~"))

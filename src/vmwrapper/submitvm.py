@@ -25,6 +25,9 @@ from vmwrapper.request import VmRequest, parse_vm_option, validate
 from vmwrapper.userfiles import check_user_files
 
 PAYLOAD_END = "VMW_PAYLOAD_END"
+MAX_PROBLEM_LINES = 10  # then "... and N more problems"
+MAX_PROBLEM_CHARS = 300  # a hostile value must not make one problem a screenful
+MAX_VALUE_CHARS = 4096  # request.parse_vm_option's limit, named here for a clear message
 
 
 class VmJob(ABC):
@@ -117,7 +120,7 @@ def submit(
     """Every problem at once, or the real command with the job wrapper on its stdin."""
     problems = job.analyse()
     if problems:
-        raise RequestError(problems)
+        raise RequestError(summarize(problems))
     wrapper = job.wrapper()
     for note in job.notes:
         print(f"vm-wrapper: {note}", file=sys.stderr)
@@ -154,7 +157,13 @@ class VmRequestDraft:
         self.problems: list[str] = []
         self.request: VmRequest | None = None
         for text in texts:
+            if not text:
+                continue  # the grammar said: -vm needs a value
             for item in text.split(","):  # item by item: one bad key hides no other problem
+                problem = item_problem(item)
+                if problem:
+                    self.problems.append(problem)
+                    continue
                 try:
                     self.raw.update(parse_vm_option(item))
                 except RequestError as err:
@@ -170,6 +179,37 @@ class VmRequestDraft:
             self.problems += err.problems
             return {problem.partition("=")[0] for problem in err.problems}
         return set()
+
+
+def item_problem(item: str) -> str:
+    """'' or what is wrong with one key=value item, before request.parse_vm_option sees it
+    (its key.strip() dropped a leading '\\r', and it calls a value over MAX_VALUE_CHARS
+    'blanks'). An item is printable ASCII, spaces allowed: a control character could hide
+    text, a look-alike such as U+212A KELVIN SIGN passes for K. And it is not empty."""
+    bad = next((c for c in item if not " " <= c <= "~"), None)
+    if bad is not None:
+        if "\udc80" <= bad <= "\udcff":  # os.fsdecode's stand-in for a byte
+            what = f"byte \\x{ord(bad) - 0xDC00:02x} that is not UTF-8"
+        else:
+            kind = "control" if bad < " " or "\x7f" <= bad <= "\x9f" else "non-ASCII"
+            what = f"{kind} character {bad!a}"
+        return f"-vm {item[:60]!a}: {what}; use plain ASCII"
+    if not item.strip():
+        return "empty item in -vm (stray comma?)"
+    key, _, value = item.partition("=")
+    if len(value) > MAX_VALUE_CHARS:
+        return f"{key.strip()[:40]}: value longer than {MAX_VALUE_CHARS} characters"
+    return ""
+
+
+def summarize(problems: list[str]) -> list[str]:
+    """Each problem once, each on one short line, and at most MAX_PROBLEM_LINES of them."""
+    cut = MAX_PROBLEM_CHARS
+    lines = list(dict.fromkeys(p if len(p) <= cut else p[: cut - 3] + "..." for p in problems))
+    if len(lines) <= MAX_PROBLEM_LINES + 1:
+        return lines
+    more = len(lines) - MAX_PROBLEM_LINES
+    return [*lines[:MAX_PROBLEM_LINES], f"... and {more} more problems"]
 
 
 def cores_why(request: VmRequest, cfg: Config) -> str:
