@@ -312,3 +312,57 @@ def test_any_vm_value_is_refused_briefly_or_a_clean_vm_job(
     else:
         site.write("job.sh", b"#!/bin/sh\necho\n")
         attempt(monkeypatch, site, command, ["-vm", value, "job.sh"], value.replace("\t", "~"))
+
+
+# -- 6. the file and directive prefix Torque itself reads (qsub's pre-scan) ----------------
+
+VM_SCRIPT = b"#!/bin/sh\n#PBS -vm vcpus=1\necho\n"
+PLAIN = b"#!/bin/sh\necho plain\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "needle"),
+    [
+        (["--", "plain.sh"], VM_SCRIPT, "qsub would read the job script from stdin;"),
+        (["-hN", "vm.sh", "plain.sh"], b"", "qsub would read the job script from 'vm.sh';"),
+        (["vm.sh", "-C", "#X"], b"", "qsub would read directives with prefix '#PBS', not '#X'"),
+        (["-vm", "vcpus=1", "-C#X", "plain.sh"], b"", "with prefix 'plain.sh', not '#X'"),
+        (["-vm", "vcpus=1", "plain.sh", "-hN", "x"], b"", "the job script from 'x';"),
+    ],
+)
+def test_a_vm_request_qsub_would_read_otherwise_is_refused(
+    tmp_path: Path, args: list[str], stdin: bytes, needle: str
+) -> None:
+    """Torque picks the script and the prefix in a scan before getopt: '-- a.sh' reads
+    stdin, '-hN b a.sh' reads b, a -C after the script or attached to -C does not count.
+    A -vm Torque would read as '-v m' (or a wrapper it would not read) must not pass."""
+    site = Site(tmp_path)
+    site.write("vm.sh", VM_SCRIPT)
+    site.write("plain.sh", PLAIN)
+    result = site.run(list(args), stdin=stdin)
+    assert result.code == 2 and result.argv is None, result.err
+    assert needle in result.err and len(result.err.splitlines()) == 1, result.err
+
+
+def test_pbs_dprefix_is_ignored_as_by_torque(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    site.write("vm.sh", VM_SCRIPT)
+    result = site.run(["vm.sh"], PBS_DPREFIX="#X")
+    assert result.code == 0 and result.stdin is not None
+    block = requestblock.find(result.stdin)
+    assert block is not None and block.vm == {"vcpus": "1"}
+
+
+def test_plain_jobs_torque_reads_its_own_way_still_pass_through(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    site.write("plain.sh", PLAIN)
+    site.write("other.sh", PLAIN)
+    site.write("vm.sh", VM_SCRIPT)
+    for args in (
+        ["-hN", "other.sh", "plain.sh"],
+        ["--", "plain.sh"],
+        ["plain.sh", "-C", "#X"],
+        ["plain.sh", "-hN", "vm.sh"],  # Torque reads plain.sh; vm.sh is only the job name
+    ):
+        result = site.run(list(args), stdin=b"echo from stdin\n")
+        assert result.code == 0 and result.argv == enc(list(args)), (args, result.err)

@@ -142,11 +142,43 @@ def test_custom_and_empty_prefix() -> None:
     assert directives(script, "") == []
 
 
-def test_prefix_from_command_line_then_environment() -> None:
-    assert torque.directive_prefix(torque.parse_argv(["-C", "#X"]), {"PBS_DPREFIX": "#Y"}) == "#X"
-    assert torque.directive_prefix(torque.parse_argv(["-C#X"]), {}) == "#X"
-    assert torque.directive_prefix(torque.parse_argv([]), {"PBS_DPREFIX": "#Y"}) == "#Y"
-    assert torque.directive_prefix(torque.parse_argv([]), {}) == "#PBS"
+def test_prefix_as_getopt_reads_it() -> None:
+    assert torque.directive_prefix(torque.parse_argv(["-C", "#X"])) == "#X"
+    assert torque.directive_prefix(torque.parse_argv(["-C#X"])) == "#X"
+    assert torque.directive_prefix(torque.parse_argv([])) == "#PBS"  # PBS_DPREFIX: ignored
+
+
+@pytest.mark.parametrize(
+    ("args", "script", "prefix"),
+    [  # observed with the real Torque 6.1 qsub (the file read decides its directive errors)
+        (["-q", "b", "a.sh"], 2, "#PBS"),
+        (["--", "b.sh"], None, "#PBS"),  # reads stdin
+        (["-hN", "name", "a.sh"], 1, "#PBS"),  # reads the file 'name'
+        (["-C", "#X", "c.sh"], 2, "#X"),
+        (["c.sh", "-C", "#X"], 0, "#PBS"),  # -C after the script: not for its directives
+        (["-C#X", "c.sh"], 1, "c.sh"),
+        (["-hC", "#X", "c.sh"], 1, "#PBS"),  # 'script file #X cannot be loaded'
+        (["-N", "-C", "x.sh"], 2, "#PBS"),
+        (["-", "job.sh"], None, "#PBS"),
+        (["-lnodes=1", "-I"], None, "#PBS"),
+    ],
+)
+def test_prescan_is_torques_find_job_script_index(
+    args: list[str], script: int | None, prefix: str
+) -> None:
+    assert torque.prescan(args) == (script, prefix)
+
+
+def test_view_problems_name_what_qsub_would_read() -> None:
+    assert torque.view_problems(["-q", "b", "a.sh"], "a.sh", "#PBS") == []
+    assert torque.view_problems(["--", "b.sh"], "b.sh", "#PBS") == [
+        "qsub would read the job script from stdin; write bundled options apart "
+        "(-h -N x, not -hN x), and no -- before the script"
+    ]
+    assert torque.view_problems(["c.sh", "-C", "#X"], "c.sh", "#X") == [
+        "qsub would read directives with prefix '#PBS', not '#X'; give -C PREFIX as two "
+        "words before the job script"
+    ]
 
 
 def test_unmatched_quote_is_a_problem_with_its_line() -> None:

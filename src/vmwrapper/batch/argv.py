@@ -58,9 +58,9 @@ class Parsed:
         """Which of our kinds (VM, BAD_VM, DRY_RUN) occur."""
         return {item.kind for item in self.items if item.kind in OURS}
 
-    def without(self, args: Sequence[str], kind: str) -> list[str]:
-        """``args`` (the words parsed) minus the words of every ``kind`` item."""
-        items = [item for item in self.items if item.kind == kind]
+    def without(self, args: Sequence[str], *kinds: str) -> list[str]:
+        """``args`` (the words parsed) minus the words of every item of ``kinds``."""
+        items = [item for item in self.items if item.kind in kinds]
         drop = {n for item in items for n in range(item.start, item.stop)}
         return [word for n, word in enumerate(args) if n not in drop]
 

@@ -6,12 +6,16 @@ Facts from Torque 6.1's ``src/cmds/qsub_functions.c`` (adaptivecomputing/torque)
   so flags bundle (``-hz``) and an option's value may be attached (``-lnodes=2``) or the next
   word. ``--word`` is option ``-`` with value ``word`` (``--version``); ``--`` ends options.
   glibc permutes, so options after the script still count, unless POSIXLY_CORRECT is set.
-- The first operand is the script; none or ``-`` means the script comes on stdin.
+- Which file qsub reads, and with which directive prefix, is not getopt's business: a
+  pre-scan (find_job_script_index) does it first, see ``prescan``. It takes ``-hN name``'s
+  ``name`` for the script, reads stdin after ``--``, and sees ``-C`` only as two words
+  before the script. Torque 6.1's qsub ignores PBS_DPREFIX (only xpbs reads it).
+  Observed on the scratch build: ``qsub -- a.sh`` reads stdin, ``qsub -hN b a.sh`` reads b.
 - Directives: a line whose first non-blank text starts with the prefix (``-C``, else
-  PBS_DPREFIX, else ``#PBS``; an empty prefix turns directives off). A trailing backslash
-  continues it. The rest is split like a shell would (quotes, backslash) and parsed as
-  options. Scanning stops at the first executable line: not blank, not starting with ``#``,
-  and not starting (column 0) with ``:`` or ``#!``.
+  ``#PBS``; an empty prefix turns directives off). A trailing backslash continues it. The
+  rest is split like a shell would (quotes, backslash) and parsed as options. Scanning
+  stops at the first executable line: not blank, not starting with ``#``, and not
+  starting (column 0) with ``:`` or ``#!``.
 - Command-line options win over directives; the last occurrence of an option wins; ``-l``
   lists merge, and a later value of the same resource wins.
 
@@ -109,12 +113,47 @@ def _option_cluster(args: Sequence[str], index: int, problems: list[str]) -> Ite
     return Item(OPTIONS, index, stop, options=options)
 
 
-def directive_prefix(parsed: Parsed, environ: Mapping[str, str]) -> str:
-    """-C from the command line, else PBS_DPREFIX, else #PBS ('' = no directives)."""
+def directive_prefix(parsed: Parsed) -> str:
+    """getopt's view: the last -C, else #PBS ('' = no directives). See view_problems."""
     prefix = last_value(parsed.options(), "C")
-    if prefix is not None:
-        return prefix
-    return environ.get("PBS_DPREFIX", DEFAULT_PREFIX)
+    return DEFAULT_PREFIX if prefix is None else prefix
+
+
+def prescan(args: Sequence[str]) -> tuple[int | None, str]:
+    """Torque 6.1's find_job_script_index(), which runs before getopt and alone decides
+    which file qsub reads (None: stdin) and with which directive prefix.
+
+    The script is the first word not starting with '-' that does not follow a word of at
+    most two characters whose letter takes a value ('-N', '-l', and '-', '--' too); the
+    prefix is the word after the last word whose letter is C before it ('-C#X job.sh'
+    makes 'job.sh' the prefix).
+    """
+    prefix, skip = DEFAULT_PREFIX, False
+    for index, word in enumerate(args):
+        if skip:
+            skip = False
+        elif not word.startswith("-"):
+            return index, prefix
+        elif word[1:2] in WITH_VALUE or word[1:2] in ("-", ""):
+            skip = len(word) <= 2
+            if word[1:2] == "C" and index + 1 < len(args):
+                prefix = args[index + 1]
+    return None, prefix
+
+
+def view_problems(args: Sequence[str], script: str | None, prefix: str) -> list[str]:
+    """Where qsub given ``args`` would read another script (None: stdin) or directive
+    prefix than ``script`` and ``prefix``, the ones we checked."""
+    index, theirs = prescan(args)
+    problems = []
+    if (None if index is None else args[index]) != script:
+        what = "stdin" if index is None else repr(args[index])
+        problems.append(f"qsub would read the job script from {what}; write bundled options "
+                        "apart (-h -N x, not -hN x), and no -- before the script")  # fmt: skip
+    if theirs != prefix:
+        problems.append(f"qsub would read directives with prefix {theirs!r}, not {prefix!r}; "
+                        "give -C PREFIX as two words before the job script")  # fmt: skip
+    return problems
 
 
 # ---------------------------------------------------------------------------------------

@@ -42,8 +42,8 @@ FAST_DEFAULTS: dict[str, str] = {
 
 def main(args: list[str] | None = None, self_path: str | None = None) -> NoReturn:
     """Entry of src/scripts/qsub: never a traceback, one line per problem."""
-    argv = sys.argv[1:] if args is None else args
-    core.run_main(lambda: submit(argv, self_path or sys.argv[0], os.environ))
+    words = sys.argv[1:] if args is None else args
+    core.run_main(lambda: submit(words, self_path or sys.argv[0], os.environ))
 
 
 def run(args: list[str]) -> int:
@@ -59,15 +59,14 @@ def submit(args: list[str], self_path: str, environ: Mapping[str, str]) -> int:
         exec_qsub(real, args, None)
     parsed = torque.parse_argv(args, permute="POSIXLY_CORRECT" not in environ)
     interactive = torque.last_value(parsed.options(), "I") is not None
-    script, on_stdin = core.read_script(parsed.script(), stdin_ok=not interactive)
-    kinds = ours(parsed, script, environ)
+    kinds, script, on_stdin = find_ours(parsed, args, interactive)
     dry_run = torque.DRY_RUN in kinds
     if not kinds & {torque.VM, torque.BAD_VM}:  # a misspelt -vm is refused on the VM path
         if dry_run:
             plain = parsed.without(args, torque.DRY_RUN)
             return core.print_dry_run("qsub", real, plain, script if on_stdin else None)
         exec_qsub(real, args, script if on_stdin else None)
-    return submit_vm(args, parsed, script, real, environ, dry_run=dry_run)
+    return submit_vm(args, parsed, script, real, dry_run=dry_run)
 
 
 def real_qsub(settings: Mapping[str, str], self_path: str) -> str:
@@ -79,15 +78,40 @@ def real_qsub(settings: Mapping[str, str], self_path: str) -> str:
     return core.refuse_self(key, settings[key], self_path, "qsub")
 
 
-def ours(parsed: torque.Parsed, script: bytes | None, environ: Mapping[str, str]) -> set[str]:
-    """Which of -vm, a misspelt -vm and --vm-dry-run (VM, BAD_VM, DRY_RUN) occur on the
-    command line or in a directive."""
-    kinds = parsed.ours()
+def find_ours(
+    parsed: torque.Parsed, args: list[str], interactive: bool
+) -> tuple[set[str], bytes | None, bool]:
+    """(which of -vm, a misspelt -vm and --vm-dry-run occur on the command line or in a
+    directive; the script; whether it came from stdin).
+
+    With -vm on the command line the script is getopt's (our words would mislead Torque's
+    pre-scan; TorqueVmJob checks that both agree). Else it is the one Torque's pre-scan
+    reads, with its prefix and getopt's; and getopt's file too, if it names another one:
+    a -vm there must not pass silently either.
+    """
+    prefixes = {torque.directive_prefix(parsed)}
+    if parsed.ours() & {torque.VM, torque.BAD_VM}:
+        script, on_stdin = core.read_script(parsed.script(), stdin_ok=not interactive)
+        return scan(parsed.ours(), script, prefixes), script, on_stdin
+    index, prefix = torque.prescan(args)
+    path = None if index is None else args[index]
+    script, on_stdin = core.read_script(path, stdin_ok=not interactive)
+    kinds = scan(parsed.ours(), script, prefixes | {prefix})
+    other = parsed.script()
+    if other is not None and other != path:
+        kinds = scan(kinds, core.read_script(other)[0], prefixes | {prefix})
+    return kinds, script, on_stdin
+
+
+def scan(kinds: set[str], script: bytes | None, prefixes: set[str]) -> set[str]:
+    """``kinds`` and our options in the directives of ``script``, read with each prefix."""
     if script is None or not argv.may_name_vm(script):  # the cheap test settles most jobs
         return kinds
-    prefix = torque.directive_prefix(parsed, environ)
-    directives, _ = torque.find_directives(core.script_lines(script), prefix)
-    return kinds.union(*(d.parsed.ours() for d in directives))
+    lines = core.script_lines(script)
+    for prefix in prefixes:
+        directives, _ = torque.find_directives(lines, prefix)
+        kinds = kinds.union(*(d.parsed.ours() for d in directives))
+    return kinds
 
 
 def exec_qsub(real: str, args: Sequence[str], stdin_data: bytes | None) -> NoReturn:
@@ -105,7 +129,6 @@ def submit_vm(
     parsed: torque.Parsed,
     script: bytes | None,
     real: str,
-    environ: Mapping[str, str],
     *,
     dry_run: bool,
 ) -> int:
@@ -114,5 +137,5 @@ def submit_vm(
     from vmwrapper import submitvm  # noqa: PLC0415
     from vmwrapper.cli.qsub_vm import TorqueVmJob  # noqa: PLC0415
 
-    job = TorqueVmJob(args, parsed, script, submitvm.load_config(), environ)
+    job = TorqueVmJob(args, parsed, script, submitvm.load_config())
     return submitvm.submit(job, "qsub", real, dry_run, exec_qsub)

@@ -1,6 +1,6 @@
 """The Torque side of a VM job submitted with qsub (cli/qsub.py imports this only for VM jobs).
 
-``#PBS`` directives (honouring -C / PBS_DPREFIX) keep all but their ``-vm`` words; the
+``#PBS`` directives (honouring -C) keep all but their ``-vm`` words; the
 request is raised with one extra ``-l nodes=...:ppn=...,mem=...`` (a later -l wins); the job
 is named with ``-N`` (the script's basename, or STDIN), so output files stay
 ``<name>.o<id>``; ``-S /bin/sh`` runs the wrapper whatever the user's -S says (the payload
@@ -9,10 +9,8 @@ keeps theirs for the script itself).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from vmwrapper import submitcore
-from vmwrapper.batch import torque
+from vmwrapper.batch import argv, torque
 from vmwrapper.config import Config
 from vmwrapper.request import VmRequest
 from vmwrapper.submitvm import VmJob, cores_why, ram_why
@@ -27,11 +25,10 @@ class TorqueVmJob(VmJob):
         parsed: torque.Parsed,
         script: bytes | None,
         cfg: Config,
-        environ: Mapping[str, str],
     ) -> None:
         super().__init__(script, cfg)
         self.args, self.parsed = args, parsed
-        self.prefix = torque.directive_prefix(parsed, environ)
+        self.prefix = torque.directive_prefix(parsed)
         self.lines = submitcore.script_lines(script) if script is not None else []
         self.directives, problems = torque.find_directives(self.lines, self.prefix)
         self.problems = parsed.problems + problems
@@ -56,6 +53,8 @@ class TorqueVmJob(VmJob):
             self.problems.append("qsub takes one job script; pass its arguments with -F")
         if self.directives and not self.prefix.startswith("#"):
             self.problems.append(f"directive prefix {self.prefix!r}: VM jobs need one starting #")
+        torque_words = self.parsed.without(self.args, *argv.OURS)  # what the real qsub gets
+        self.problems += torque.view_problems(torque_words, self.parsed.script(), self.prefix)
         letters = [letter for letter, _ in self.options]
         self.problems += torque.whole_node_problems(self._resources(), letters)
 
@@ -109,7 +108,11 @@ class TorqueVmJob(VmJob):
         return torque.kept_directive_lines(self.directives, self.lines, self.prefix)
 
     def read_back_problem(self, wrapper: bytes, kept: list[str]) -> str:
-        """Torque must see exactly our directive lines (and none of our options)."""
+        """Torque must read the wrapper (stdin), with our prefix, and in it exactly our
+        directive lines (and none of our options)."""
+        problems = torque.view_problems(self.real_argv(), None, self.prefix)
+        if problems:
+            return problems[0]
         longest = max((len(line.encode("utf-8", "surrogateescape")) for line in kept), default=0)
         if longest > torque.MAX_LINE_BYTES:
             limit = torque.MAX_LINE_BYTES
@@ -117,5 +120,5 @@ class TorqueVmJob(VmJob):
         found, problems = torque.find_directives(submitcore.script_lines(wrapper), self.prefix)
         if problems or len(found) != len(kept) or any(d.parsed.ours() for d in found):
             why = f"directive prefix {self.prefix!r} clashes with vm-wrapper's own lines"
-            return why + "; choose another -C or PBS_DPREFIX"
+            return why + "; choose another -C"
         return ""

@@ -38,8 +38,8 @@ FAST_DEFAULTS: dict[str, str] = {"DISABLE_VM_WRAPPER": "false", "REAL_SBATCH": "
 
 def main(args: list[str] | None = None, self_path: str | None = None) -> NoReturn:
     """Entry of src/scripts/sbatch: never a traceback, one line per problem."""
-    argv = sys.argv[1:] if args is None else args
-    core.run_main(lambda: submit(argv, self_path or sys.argv[0], os.environ))
+    words = sys.argv[1:] if args is None else args
+    core.run_main(lambda: submit(words, self_path or sys.argv[0], os.environ))
 
 
 def run(args: list[str]) -> int:
