@@ -399,6 +399,7 @@ def test_golden_wrapper_and_request_round_trip(
         b"#!/bin/bash\n#PBS -l walltime=1:00:00\n#PBS -vm vcpus=2,ram=2G\n#PBS -N golden\necho hi\n"
     )
     site.write("job.sh", script)
+    monkeypatch.setattr(requestblock, "new_submission_id", lambda: "5" * 32)
     done = submit_here(
         monkeypatch, site, ["-vm", "img=debian12,vms_per_node=2", "-q", "b", "job.sh"]
     )

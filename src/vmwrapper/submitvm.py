@@ -240,7 +240,7 @@ def job_wrapper(
     directives: list[str], draft: VmRequestDraft, payload: jobpayload.Payload, cfg: Config
 ) -> bytes:
     """The job wrapper script: the kept directives, the request line, the payload."""
-    request_line = requestblock.encode(draft.raw, draft.files)
+    request_line = requestblock.encode(draft.raw, draft.files, requestblock.new_submission_id())
     text = render_wrapper(directives, request_line, jobpayload.encode(payload), cfg)
     return text.encode("utf-8", "surrogateescape")
 
