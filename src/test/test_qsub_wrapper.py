@@ -149,7 +149,8 @@ def test_vm_job_is_submitted_with_wrapper_and_raised_resources(site: Site) -> No
     site.write("job.sh", JOB)
     result = site.run(["-l", "nodes=2", "-vm", "img=debian12,RAM=2G", "-q", "batch", "job.sh"])
     assert result.code == 0 and result.out == "42.server\n"
-    assert result.argv == enc(
+    assert result.argv is not None
+    assert result.argv[:-2] == enc(
         [
             "-l",
             "nodes=2",
@@ -163,6 +164,11 @@ def test_vm_job_is_submitted_with_wrapper_and_raised_resources(site: Site) -> No
             "nodes=2:ppn=3,mem=6656mb",
         ]
     )
+    # The same request, with the same submission id, as its own last -v: every mom reads it
+    # from the job's variables (sisters get no script).
+    flag, variable = result.argv[-2:]
+    assert flag == b"-v" and variable.startswith(b"VMW_REQUEST_V1=")
+    carried = requestblock.from_variable(variable.split(b"=", 1)[1].decode())
     assert result.err.splitlines() == [
         "vm-wrapper: raised -l nodes=2 to nodes=2:ppn=3: each node needs 3 cores: "
         "1 for the host OS + 1 VM(s) x 2 vCPU(s)",
@@ -174,6 +180,7 @@ def test_vm_job_is_submitted_with_wrapper_and_raised_resources(site: Site) -> No
     assert lines[:3] == ["#!/bin/sh", "#PBS -l walltime=00:10:00", "#PBS -j oe"]
     block, payload = wrapper_parts(result.stdin)
     assert block.vm == {"img": "debian12", "ram": "2G", "vcpus": "2"}
+    assert carried == block
     assert payload == jobpayload.Payload(script=JOB, args=(), shell="", name="job.sh")
 
 
@@ -200,13 +207,14 @@ def test_command_line_wins_and_options_reach_the_payload(site: Site) -> None:
     assert block.vm == {"vcpus": "1", "ram": "512M"}
     assert (payload.args, payload.shell, payload.name) == (("one", "two"), "/bin/zsh", "mine")
     expected = ["-F", "one two", "-N", "mine", "-S", "/bin/sh", "-l", "nodes=1:ppn=2,mem=1792mb"]
-    assert result.argv == enc(expected)
+    assert result.argv is not None and result.argv[:-2] == enc(expected)
+    assert result.argv[-2] == b"-v" and result.argv[-1].startswith(b"VMW_REQUEST_V1=")
 
 
 def test_stdin_vm_job_is_named_stdin(site: Site) -> None:
     result = site.run(["-vm", "vcpus=1"], stdin=JOB)
     assert result.code == 0 and result.stdin is not None
-    assert result.argv is not None and result.argv[-4:-2] == [b"-N", b"STDIN"]
+    assert result.argv is not None and result.argv[-6:-4] == [b"-N", b"STDIN"]
     assert wrapper_parts(result.stdin)[1].script == JOB
 
 
@@ -235,7 +243,8 @@ def test_dry_run_prints_and_submits_nothing(site: Site) -> None:
     result = site.run(["--vm-dry-run", "-l", "nodes=1:ppn=8,mem=64gb", "job.sh"])
     assert result.code == 0 and result.argv is None
     out = result.out.splitlines()
-    assert out[1] == f"{site.root}/stub-qsub -l nodes=1:ppn=8,mem=64gb -S /bin/sh -N job.sh"
+    command = f"{site.root}/stub-qsub -l nodes=1:ppn=8,mem=64gb -S /bin/sh -N job.sh -v "
+    assert out[1].startswith(command + "VMW_REQUEST_V1=")
     assert out[3] == "#!/bin/sh" and "VMW_PAYLOAD_END" in out[-1]
     assert result.err == ""  # enough cores and memory: nothing raised
 
@@ -256,16 +265,25 @@ def test_interactive_vm_job_is_validated_then_runs_the_wrapper_in_the_session(
     result = site.run(["-I", "-vm", "vcpus=999"])
     assert result.code != 0 and result.argv is None
     assert result.err == "vm-wrapper: vcpus='999': allowed: 1 to 64 (site limit)\n"
+    session = site.write("interactive-job", b"#!/bin/sh\n")
+    site.configure(INTERACTIVE_SCRIPT=str(session))
     result = site.run(["-I", "-vm", "vcpus=1"], stdin=b"typed by the user\n")
     assert result.code == 0, result.err
     assert result.argv is not None
-    # qsub -I -x SCRIPT: the terminal stays stdin (untouched), the wrapper comes by name.
-    assert result.argv[0] == b"-I" and result.argv[-2] == b"-x"
-    assert result.argv[-1].startswith(b"/dev/fd/")
-    assert result.stdin == b"typed by the user\n"
-    block, payload = wrapper_parts((site.record / "script").read_bytes())
-    assert payload.interactive and payload.script == b""
+    # qsub -I -x PATH: Torque ships no script for -I and runs PATH (bash -c) on the
+    # session's terminal, on the mother superior; the request goes as a job variable.
+    assert result.argv[0] == b"-I" and result.argv[-2:] == [b"-x", str(session).encode()]
+    assert result.argv[-4] == b"-v" and result.argv[-3].startswith(b"VMW_REQUEST_V1=")
+    block = requestblock.from_variable(result.argv[-3].split(b"=", 1)[1].decode())
     assert block.vm["vcpus"] == "1"
+    assert result.stdin == b"typed by the user\n"  # the terminal stays stdin, untouched
+
+
+def test_interactive_vm_job_needs_the_session_script_here(site: Site) -> None:
+    site.configure(INTERACTIVE_SCRIPT="/nonexistent/interactive-job")
+    result = site.run(["-I", "-vm", "vcpus=1"])
+    assert result.code != 0 and result.argv is None
+    assert "INTERACTIVE_SCRIPT /nonexistent/interactive-job is missing" in result.err
 
 
 def test_disabled_host_refuses_vm_jobs_only(site: Site) -> None:
@@ -410,7 +428,7 @@ def test_golden_wrapper_and_request_round_trip(
     cfg = config.load()
     asked = {"vcpus": "2", "ram": "2G", "img": "debian12", "vms_per_node": "2"}
     assert validate(block.vm, cfg) == validate(asked, cfg)
-    assert done.argv[-2:] == ["-l", "nodes=1:ppn=5,mem=5632mb"]
+    assert done.argv[-4:-2] == ["-l", "nodes=1:ppn=5,mem=5632mb"]
 
 
 FUZZ_WORDS = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from vmwrapper.batch import torque_hooks as th
@@ -65,22 +67,14 @@ def test_malformed_environment_is_a_clear_error() -> None:
         th.parse("prologue", PRO, {"PBS_NUM_PPN": "x"})
 
 
-@pytest.mark.parametrize(
-    ("first", "permanent", "left", "code"),
-    [
-        (True, True, True, th.ABORT),
-        (True, False, True, th.REQUEUE),
-        (True, False, False, th.ABORT),
-        (False, False, True, 1),
-        (False, True, True, th.RUN),
-        (False, False, False, th.RUN),
-    ],
-)
-def test_exit_codes_bound_the_requeue_loop(
-    first: bool, permanent: bool, left: bool, code: int
-) -> None:
-    ctx = th.parse("prologue" if first else "prologue.parallel", PRO, ENV)
-    assert th.prologue_exit_code(ctx, permanent=permanent, attempts_left=left) == code
+def test_boot_budget_ends_well_inside_prologalarm() -> None:
+    """pbs_mom SIGKILLs the prologue's session at $prologalarm - 10 s (observed)."""
+    from vmwrapper.config import load
+
+    config = load([])
+    assert th.boot_budget(config) == min(config.TIMEOUT, config.PROLOGALARM - 10 - 15)
+    short = dataclasses.replace(config, TIMEOUT=600, PROLOGALARM=60)
+    assert th.boot_budget(short) == 35
 
 
 def test_non_ascii_digits_are_not_numbers() -> None:

@@ -12,14 +12,15 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from vmwrapper import disks, keys
 from vmwrapper.config import Config
-from vmwrapper.errors import NodeError, PermanentJobError, RequestError
+from vmwrapper.errors import JobGone, NodeError, PermanentJobError, RequestError
 from vmwrapper.hypervisor import BootWatch, Hypervisor, kvm_runs_guests, wait_ready
 from vmwrapper.plan import JobPlan, VmSpec
 from vmwrapper.requestblock import RequestBlock
@@ -44,10 +45,21 @@ class NodeInputs:
     key_scope: str  # what the job's keys derive from (keys.job_scope)
 
 
+class BootNode(Protocol):
+    """What the lifecycle calls to create one node's VMs (boot_node; tests pass others)."""
+
+    def __call__(
+        self, *, plan: JobPlan, block: RequestBlock, state: NodeState, hypervisor: Hypervisor,
+        config: Config, until: float, gone: Callable[[], bool],
+    ) -> None: ...  # fmt: skip
+
+
 def boot_node(
     *, plan: JobPlan, block: RequestBlock, state: NodeState, hypervisor: Hypervisor,
-    config: Config,
+    config: Config, until: float, gone: Callable[[], bool],
 ) -> None:  # fmt: skip
+    """Create this node's VMs and wait until each is ready, by ``until``
+    (time.monotonic()); JobGone as soon as ``gone()`` says the job ended."""
     hypervisor.conn  # noqa: B018  (libvirt must answer before we create anything)
     inputs = _gather_inputs(plan, block, state, config)
     state.mark("inputs_checked")
@@ -65,7 +77,9 @@ def boot_node(
     else:
         for vm in plan.vms:
             start(vm)
-    wait_ready(hypervisor, watches, config.TIMEOUT, lambda n, e: state.mark(f"{n}:{e}"))
+    if gone():
+        raise JobGone()
+    wait_ready(hypervisor, watches, until, lambda n, e: state.mark(f"{n}:{e}"), gone)
     state.mark("node_ready")
     for watch in watches:
         give_console_to_user(watch.console_file, plan.alloc.uid, plan.alloc.gid)
@@ -248,6 +262,8 @@ def _start_vm(
         shares=inputs.shares,
     )  # fmt: skip
     xmlcheck.validate_domain(xml)
+    if paths.disk is not None:  # its shutdown must be graceful: the user's data is on it
+        state.record("keeps-data", vm.name)
     state.record("domain", vm.name)
     hypervisor.start(xml)
     state.mark(f"{vm.name}:define")

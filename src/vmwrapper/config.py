@@ -148,6 +148,12 @@ class Config:
     )
     # -- Node side --------------------------------------------------------------------------
     TORQUE_HOME: str = setting("path", "/var/spool/torque", "Torque's PBS_HOME on compute nodes.")
+    TORQUE_QSTAT: str = setting(
+        "path",
+        "/usr/local/bin/qstat",
+        "Torque's qstat on compute nodes: the mother superior asks it for an interactive "
+        "job's request when pbs_mom has not written the job's .JB file yet.",
+    )
     PROLOGALARM: int = setting(
         "int",
         "300",
@@ -215,6 +221,12 @@ class Config:
     )
     NODE_PYTHON: str = setting(
         "path", "/opt/vm-wrapper/venv/bin/python3", "Interpreter with vm-wrapper on compute nodes."
+    )
+    INTERACTIVE_SCRIPT: str = setting(
+        "path",
+        "/opt/vm-wrapper/libexec/interactive-job",
+        "qsub -I -vm runs this (qsub -x) in the interactive session; it must exist at this "
+        "path on login and compute nodes (tools/install-deps puts it there).",
     )
 
 

@@ -67,3 +67,10 @@ class NodeError(VmWrapperError):
 
 class PermanentJobError(VmWrapperError):
     """The job can never run here as requested (image gone, policy changed)."""
+
+
+class JobGone(VmWrapperError):
+    """The job ended (qdel, abort, requeue) while its VMs were still booting."""
+
+    def __init__(self) -> None:
+        super().__init__("the job ended while its VMs were booting")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vmwrapper import proc
-from vmwrapper.errors import CommandError, NodeError
+from vmwrapper.errors import CommandError, JobGone, NodeError
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.25
@@ -127,22 +127,27 @@ class BootWatch:
 def wait_ready(
     hypervisor: Hypervisor,
     watches: list[BootWatch],
-    deadline_seconds: float,
+    until: float,
     on_event: Callable[[str, str], None],
+    gone: Callable[[], bool],
 ) -> None:
-    """Wait until every guest wrote its ready line; fail fast if one dies or time runs out."""
-    deadline = time.monotonic() + deadline_seconds
+    """Wait until every guest wrote its ready line; fail fast if one dies, the job is
+    gone (JobGone) or time runs out (``until``, a time.monotonic())."""
+    started = time.monotonic()
     while True:
         for watch in watches:
             _poll(watch, on_event)
         if all(w.ready for w in watches):
             return
+        if gone():
+            raise JobGone()
         for watch in watches:
             if not watch.ready and not hypervisor.is_active(watch.name):
                 raise NodeError(f"VM {watch.name} stopped before it signalled ready")
-        if time.monotonic() > deadline:
+        if time.monotonic() > until:
             late = ", ".join(w.name for w in watches if not w.ready)
-            raise NodeError(f"VM(s) {late} not ready within {deadline_seconds:g} s (TIMEOUT)")
+            waited = time.monotonic() - started
+            raise NodeError(f"VM(s) {late} not ready within {waited:.0f} s of waiting (TIMEOUT)")
         time.sleep(POLL_SECONDS)
 
 

@@ -195,8 +195,26 @@ def _reattach_terminal() -> None:
     os.close(tty)
 
 
+def boot_failure(config: Config, jobid: str) -> list[str]:
+    """Why the hooks could not start the job's VMs, if they left that for us: Torque
+    never delivers a failed prologue's output, so the job starts and says it here."""
+    path = Path(config.STATE_DIR) / "jobs" / job_tag(jobid) / "user" / "failure"
+    try:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            return [line.rstrip("\n") for line in handle.readlines()[:50]]
+    except OSError:
+        return []
+
+
 def run_in_vm(payload: dict[str, Any], config: Config, env: dict[str, str]) -> int:
     """vm_prologue, the job, vm_epilogue, each through the same runner inside vm0."""
+    jobid = job_id(env)
+    failure = boot_failure(config, jobid)
+    if failure:
+        for line in failure:
+            print(f"vm-wrapper: job {jobid}: {line}", file=sys.stderr)
+        print(f"vm-wrapper: job {jobid}: the job did not run", file=sys.stderr)
+        return EXIT_SETUP_FAILED
     if payload.get("interactive"):
         return run_interactive(config, env)
     files = load_job_files(config, job_id(env))

@@ -19,15 +19,19 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vmwrapper import requestblock
 from vmwrapper.batch.hookctx import HookContext
 from vmwrapper.config import Config, is_whole_number
-from vmwrapper.errors import NodeError, PermanentJobError, RequestError, VmWrapperError
+from vmwrapper.errors import JobGone, NodeError, PermanentJobError, RequestError, VmWrapperError
 from vmwrapper.hypervisor import Hypervisor
 from vmwrapper.plan import Allocation, JobPlan, job_tag, make_plan
 from vmwrapper.request import VmRequest, validate
 from vmwrapper.state import NodeState, job_dirs
+
+if TYPE_CHECKING:
+    from vmwrapper.boot import BootNode
 
 log = logging.getLogger(__name__)
 MAX_SCRIPT_BYTES = 16 * 1024 * 1024
@@ -85,13 +89,13 @@ def short_hostname() -> str:
 # -- prologue ------------------------------------------------------------------------------
 
 
-def load_request(ctx: HookContext, config: Config) -> tuple[VmRequest, requestblock.RequestBlock]:
-    """The job's request, re-validated; raises if the script carries none."""
+def load_request(ctx: HookContext, config: Config) -> requestblock.RequestBlock:
+    """The request in a root-owned copy of the job script (Slurm, local); raises if the
+    script carries none."""
     block = requestblock.find(read_batch_script(ctx.script_path))
     if block is None:
         raise PermanentJobError("the job script carries no VM request")
-    check_site(config, short_hostname())
-    return validate(block.vm, config), block
+    return block
 
 
 def plan_for(ctx: HookContext, request: VmRequest, account: Account, config: Config) -> JobPlan:
@@ -113,29 +117,46 @@ def node_state(config: Config, jobid: str, rank: int) -> NodeState:
     return NodeState(Path(config.STATE_DIR), job_tag(jobid), rank)
 
 
-def prologue(ctx: HookContext, config: Config, boot: Callable[..., None]) -> NodeState:
-    """Boot this node's VMs. On failure everything this node created is gone again."""
-    request, block = load_request(ctx, config)
+def never() -> bool:
+    return False
+
+
+def prologue(
+    ctx: HookContext,
+    config: Config,
+    boot: BootNode,
+    block: requestblock.RequestBlock,
+    *,
+    until: float,
+    gone: Callable[[], bool] = never,
+    wait_for_others: bool = False,
+) -> NodeState:
+    """Boot this node's VMs by ``until`` (time.monotonic()), then, with ``wait_for_others``,
+    wait in the same deadline until every other node's VMs answer. ``gone`` says the job
+    ended meanwhile (JobGone). On any failure everything this node created is gone again."""
+    check_site(config, short_hostname())
+    request = validate(block.vm, config)
     account = account_of(ctx.user)
     plan = plan_for(ctx, request, account, config)
     state = node_state(config, ctx.jobid, plan.alloc.rank)
     hypervisor = Hypervisor(config.LIBVIRT_URI)
-    if state.exists():  # an earlier attempt of this job died here: start clean
-        teardown(state, hypervisor, config)
-    _reap_quietly(config, ctx.jobid)
-    state.create()
-    state.record("jobid", ctx.jobid)
-    try:
-        if ctx.first_node and ctx.backend != "slurm":
-            # Torque and our local backend finish every sister's prologue before the first
-            # node's starts: a missing sister VM fails the job now, before a wasted boot.
-            # Slurm runs all Prologs at once; there the job wrapper's wait covers it.
-            wait_for_other_nodes(plan, config)
-        boot(plan=plan, block=block, state=state, hypervisor=hypervisor, config=config)
-    except BaseException as err:
-        log.warning("boot failed (%s); tearing down what this node created", type(err).__name__)
-        teardown(state, hypervisor, config)
-        raise
+    with state.locked():
+        if gone():
+            raise JobGone()
+        if state.exists():  # an earlier start of this job left it here: start clean
+            teardown(state, hypervisor, config)
+        _reap_quietly(config, ctx.jobid)
+        state.create()
+        state.record("jobid", ctx.jobid)
+        try:
+            boot(plan=plan, block=block, state=state, hypervisor=hypervisor, config=config,
+                 until=until, gone=gone)  # fmt: skip
+            if wait_for_others:
+                wait_for_other_nodes(plan, until, gone)
+        except BaseException as err:
+            log.warning("boot failed (%s); tearing down what this node created", err)
+            teardown(state, hypervisor, config)
+            raise
     return state
 
 
@@ -151,19 +172,20 @@ def _reap_quietly(config: Config, jobid: str) -> None:
         log.warning("reap before boot failed: %s", err)
 
 
-def wait_for_other_nodes(plan: JobPlan, config: Config, seconds: float = 60) -> None:
-    """Sisters boot before the first node's prologue starts: their VMs must answer now."""
-    deadline = time.monotonic() + seconds
+def wait_for_other_nodes(plan: JobPlan, until: float, gone: Callable[[], bool] = never) -> None:
+    """Every other node boots its own VMs in parallel: each must answer by ``until``."""
     for vm in plan.all_vms:
         if vm.rank == plan.alloc.rank:
             continue
-        while not ssh_banner(vm.address):
-            if time.monotonic() > deadline:
-                raise PermanentJobError(
-                    f"VM {vm.hostname} ({vm.address}) on node rank {vm.rank} did not answer; "
-                    "its node failed to boot it (see that node's vm-wrapper log)"
+        while not ssh_banner(vm.address, timeout=1):
+            if gone():
+                raise JobGone()
+            if time.monotonic() > until:
+                raise NodeError(
+                    f"VM {vm.hostname} ({vm.address}) on node rank {vm.rank} did not answer "
+                    "in time; its node failed to boot it (see that node's vm-wrapper log)"
                 )
-            time.sleep(1)
+            time.sleep(0.5)
 
 
 def ssh_banner(address: str, port: int = 22, timeout: float = 3) -> bool:
@@ -180,13 +202,21 @@ def ssh_banner(address: str, port: int = 22, timeout: float = 3) -> bool:
 
 def teardown(state: NodeState, hypervisor: Hypervisor, config: Config) -> None:
     """Remove every resource in the journal, newest first. Idempotent; never raises for
-    something already gone. Domains stop concurrently, each with a graceful deadline."""
+    something already gone. A VM with something to keep (the persistent disk) that came
+    up gets a graceful shutdown within SHUTDOWN_TIMEOUT; every other one is destroyed at
+    once, concurrently: its disks are thrown away anyway."""
     entries = state.entries()
     domains = [e["value"] for e in entries if e["kind"] == "domain"]
+    keep = {e["value"] for e in entries if e["kind"] == "keeps-data"}
+    ready = set(state.saved_timeline())
+
+    def grace(name: str) -> float:
+        return config.SHUTDOWN_TIMEOUT if name in keep and f"{name}:ready" in ready else 0
+
     if domains:
         try:
             with ThreadPoolExecutor(max_workers=min(8, len(domains))) as pool:
-                list(pool.map(lambda n: hypervisor.stop(n, config.SHUTDOWN_TIMEOUT), domains))
+                list(pool.map(lambda n: hypervisor.stop(n, grace(n)), domains))
         except VmWrapperError as err:
             log.error("cannot stop VMs: %s", err.message)
             raise
@@ -194,6 +224,14 @@ def teardown(state: NodeState, hypervisor: Hypervisor, config: Config) -> None:
         if entry["kind"] in ("file", "dir"):
             _remove_path(Path(entry["value"]), is_dir=entry["kind"] == "dir")
     state.remove_node_dir()
+
+
+def teardown_if_unchanged(config: Config, state: NodeState, journal_started: float | None) -> None:
+    """Tear down what one boot created, unless a later start of the job (a requeue) has
+    replaced it meanwhile: that one belongs to its own watcher."""
+    with state.locked():
+        if state.exists() and state.journal_started() == journal_started:
+            teardown(state, Hypervisor(config.LIBVIRT_URI), config)
 
 
 def _remove_path(path: Path, *, is_dir: bool) -> None:
@@ -210,17 +248,26 @@ def _remove_path(path: Path, *, is_dir: bool) -> None:
         os.unlink(path)
 
 
-def epilogue(ctx: HookContext, config: Config) -> None:
+def epilogue(ctx: HookContext, config: Config) -> list[str]:
+    """Remove this node's part of the job. Returns the VMs that were still booting (the
+    job was deleted during its boot), for the user's error file."""
     hypervisor = Hypervisor(config.LIBVIRT_URI)
     ranks = [ctx.rank] if ctx.rank is not None else _ranks_on_host(config, ctx.jobid)
+    booting: list[str] = []
     for rank in ranks:
         state = node_state(config, ctx.jobid, rank)
-        if state.exists():
-            teardown(state, hypervisor, config)
+        if not ctx.rerun_expected:
+            state.mark_job_ended()  # a prologue still booting stops now, releasing the lock
+        if state.exists() and "node_ready" not in state.saved_timeline():
+            booting.append(f"node rank {rank}")
+        with state.locked():
+            if state.exists():
+                teardown(state, hypervisor, config)
         if not ctx.rerun_expected:  # the job is over: its attempt count is history
             state.forget_attempts()
     if ctx.first_node:
         _remove_user_dir(config, ctx.jobid)
+    return booting
 
 
 def _ranks_on_host(config: Config, jobid: str) -> list[int]:

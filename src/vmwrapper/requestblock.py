@@ -25,6 +25,9 @@ from vmwrapper.errors import RequestError
 from vmwrapper.request import FILE_KEYS, VM_KEYS
 
 MARKER = "#%VMW-REQUEST-V1 "
+# The same request as a job variable (qsub -v): Torque hands every mom the job's variables
+# (a sister has no job script), and interactive jobs have no script at all.
+VARIABLE = "VMW_REQUEST_V1"
 MARKER_BYTES = MARKER.encode()
 MAX_BLOCK_BYTES = 4 * 1024 * 1024
 MAX_NESTING = 4  # the shape below needs 2; json.loads recurses, so deeper is refused unparsed
@@ -46,14 +49,35 @@ def new_submission_id() -> str:
     return os.urandom(16).hex()
 
 
-def encode(vm: Mapping[str, str], files: Mapping[str, bytes], submission_id: str) -> str:
-    """The marker line (without newline) for a request."""
+def encode_json(vm: Mapping[str, str], files: Mapping[str, bytes], submission_id: str) -> str:
+    """The request as compact JSON: what follows the marker, and what VARIABLE carries."""
     data = {
         "vm": dict(vm),
         "files": {key: base64.b64encode(blob).decode("ascii") for key, blob in files.items()},
         "id": submission_id,
     }
-    return MARKER + json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def encode(vm: Mapping[str, str], files: Mapping[str, bytes], submission_id: str) -> str:
+    """The marker line (without newline) for a request."""
+    return MARKER + encode_json(vm, files, submission_id)
+
+
+def to_variable(request_json: str) -> str:
+    """The value of the job variable VARIABLE: base64 has no comma, which Torque's
+    Variable_List cannot escape."""
+    return base64.b64encode(request_json.encode("utf-8")).decode("ascii")
+
+
+def from_variable(value: str) -> RequestBlock:
+    if len(value) > MAX_BLOCK_BYTES:
+        raise RequestError([f"{VARIABLE} is larger than 4 MiB"])
+    try:
+        payload = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError([f"{VARIABLE} is not valid base64"]) from None
+    return decode(payload)
 
 
 def find(script: bytes) -> RequestBlock | None:

@@ -12,8 +12,15 @@ Layout (STATE_DIR is root-owned)::
                                                    the user (key, known_hosts, vms.json)
     STATE_DIR/attempts/<tag>.<rank>    0600        prologue attempts; survives teardown so a
                                                    requeued job's count keeps growing
+    STATE_DIR/attempts/<tag>.<rank>.why 0600       one line per failed attempt: the reason
     STATE_DIR/locks/                   0700 root   one file per persistent disk in use
-                                                   (disk-<dev>-<inode>); stays, empty
+                                                   (disk-<dev>-<inode>), and node.<tag>.<rank>
+                                                   which boot and teardown of a node hold
+    STATE_DIR/ended/<tag>              0600        written by the epilogue: a prologue still
+                                                   booting (Torque runs epilogues beside a
+                                                   running prologue after qdel) stops at once
+    STATE_DIR/jobs/<tag>/user/failure  0644 user   why the VMs could not start: the job
+                                                   wrapper prints it and exits
 
 Directories are 0711 so libvirt's qemu user can reach the files it needs by name while no one
 else can list them. Every open uses O_NOFOLLOW and every directory is checked to be a real,
@@ -23,6 +30,7 @@ root-owned directory: nothing here follows a symlink.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -92,7 +100,9 @@ class NodeState:
         self.job_dir = state_dir / "jobs" / tag
         self.node_dir = self.job_dir / f"node{rank}"
         self.user_dir = self.job_dir / "user"
+        self.tag, self.rank = tag, rank
         self.attempts_file = state_dir / "attempts" / f"{tag}.{rank}"
+        self.reasons_file = state_dir / "attempts" / f"{tag}.{rank}.why"
         self.journal = self.node_dir / "journal"
         self.timeline_file = self.node_dir / "timeline.json"
         self._timeline: dict[str, float] = {}
@@ -116,6 +126,11 @@ class NodeState:
         finally:
             os.close(fd)
 
+    def journal_started(self) -> float | None:
+        """When this node's journal began: tells one boot of the job from a later one."""
+        entries = self.entries()
+        return float(entries[0].get("time", 0)) if entries else None
+
     def entries(self) -> list[dict[str, Any]]:
         """Journal entries in creation order; a torn last line (crash) is ignored."""
         try:
@@ -131,6 +146,20 @@ class NodeState:
                 if isinstance(entry, dict) and {"kind", "value"} <= set(entry):
                     found.append(entry)
         return found
+
+    # -- one boot or teardown at a time ---------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Held while this node's part of the job is created or removed. The lock file
+        stays (a name, no content) until reap clears stale ones."""
+        locks = ensure_root_dir(ensure_root_dir(self.root) / "locks", 0o700)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(locks / f"node.{self.tag}.{self.rank}", flags, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     # -- attempts ------------------------------------------------------------------------
     def bump_attempts(self) -> int:
@@ -150,8 +179,46 @@ class NodeState:
         return int(text) if text.isascii() and text.isdigit() else 0
 
     def forget_attempts(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.attempts_file)
+        for path in (self.attempts_file, self.reasons_file):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def add_reason(self, line: str) -> None:
+        """Why an attempt failed, kept with the attempt count for the final report."""
+        ensure_root_dir(ensure_root_dir(self.root) / "attempts")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.reasons_file, flags, 0o600)
+        try:
+            os.write(fd, line.replace("\n", " ")[:500].encode() + b"\n")
+        finally:
+            os.close(fd)
+
+    def reasons(self) -> list[str]:
+        try:
+            fd = os.open(self.reasons_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return []
+        with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
+            return handle.read(64 * 1024).splitlines()
+
+    # -- the job's end, seen by a prologue still at work ------------------------------------
+    def mark_job_ended(self) -> None:
+        ended = ensure_root_dir(ensure_root_dir(self.root) / "ended", 0o700)
+        write_file(ended / self.tag, str(time.time()).encode(), 0o600)
+
+    def job_ended_since(self, since: float) -> bool:
+        """Did an epilogue of this job run after ``since`` (a time.time())?"""
+        try:
+            return os.lstat(self.root / "ended" / self.tag).st_mtime >= since
+        except OSError:
+            return False
+
+    def write_failure(self, lines: list[str], owner: tuple[int, int]) -> None:
+        """Why the job's VMs could not start, for the job wrapper to print."""
+        for path in (self.root, self.root / "jobs", self.job_dir, self.user_dir):
+            ensure_root_dir(path)
+        text = "".join(line + "\n" for line in lines)
+        write_file(self.user_dir / "failure", text.encode(), 0o644, owner)
 
     # -- timeline ------------------------------------------------------------------------
     def mark(self, event: str, when: float | None = None) -> None:
@@ -164,6 +231,19 @@ class NodeState:
     @property
     def timeline(self) -> dict[str, float]:
         return dict(self._timeline)
+
+    def saved_timeline(self) -> dict[str, float]:
+        """The timeline as the booting process last wrote it (another process's view)."""
+        try:
+            fd = os.open(self.timeline_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return {}
+        with os.fdopen(fd, encoding="utf-8") as handle:
+            try:
+                data = json.load(handle)
+            except ValueError:
+                return {}
+        return data if isinstance(data, dict) else {}
 
     # -- removal -------------------------------------------------------------------------
     def remove_node_dir(self) -> None:

@@ -39,6 +39,16 @@ class VmJob(ABC):
         self.problems: list[str] = []
         self.notes: list[str] = []  # what changed in the request, for the user's stderr
         self.draft: VmRequestDraft | None = None
+        self._request_json = ""
+
+    def request_json(self) -> str:
+        """The validated request as JSON, with this submission's fresh random id (the
+        job's SSH keys derive from it): made once, the same in every place it travels."""
+        assert self.draft is not None, "analyse() first"
+        if not self._request_json:
+            sid = requestblock.new_submission_id()
+            self._request_json = requestblock.encode_json(self.draft.raw, self.draft.files, sid)
+        return self._request_json
 
     def analyse(self) -> list[str]:
         """Every problem with the job, its request and the user's files, at once."""
@@ -62,7 +72,7 @@ class VmJob(ABC):
             script=self.script or b"", args=self.script_args(), shell=self.shell(),
             name=self.job_name(), interactive=self.is_interactive(),
         )  # fmt: skip
-        wrapper = job_wrapper(kept, self.draft, payload, self.cfg)
+        wrapper = job_wrapper(kept, requestblock.MARKER + self.request_json(), payload, self.cfg)
         problem = self.read_back_problem(wrapper, kept)
         if problem or requestblock.find(wrapper) is None:
             raise RequestError([problem or "the job wrapper carries no request; please report"])
@@ -121,14 +131,15 @@ def submit(
     problems = job.analyse()
     if problems:
         raise RequestError(summarize(problems))
+    if job.is_interactive():  # no script: the terminal stays stdin (see real_argv)
+        for note in job.notes:
+            print(f"vm-wrapper: {note}", file=sys.stderr)
+        if dry_run:
+            return submitcore.print_dry_run(command, real, job.real_argv(), None)
+        exec_real(real, job.real_argv(), None)
     wrapper = job.wrapper()
     for note in job.notes:
         print(f"vm-wrapper: {note}", file=sys.stderr)
-    if job.is_interactive():  # the terminal stays stdin; qsub reads the wrapper by name
-        if dry_run:
-            argv = [*job.real_argv(), "/dev/fd/N"]
-            return submitcore.print_dry_run(command, real, argv, wrapper)
-        exec_real(real, [*job.real_argv(), submitcore.inherited_file(wrapper)], None)
     if dry_run:
         return submitcore.print_dry_run(command, real, job.real_argv(), wrapper)
     exec_real(real, job.real_argv(), wrapper)
@@ -237,10 +248,9 @@ def check_script_size(script: bytes | None, cfg: Config) -> list[str]:
 
 
 def job_wrapper(
-    directives: list[str], draft: VmRequestDraft, payload: jobpayload.Payload, cfg: Config
+    directives: list[str], request_line: str, payload: jobpayload.Payload, cfg: Config
 ) -> bytes:
     """The job wrapper script: the kept directives, the request line, the payload."""
-    request_line = requestblock.encode(draft.raw, draft.files, requestblock.new_submission_id())
     text = render_wrapper(directives, request_line, jobpayload.encode(payload), cfg)
     return text.encode("utf-8", "surrogateescape")
 

@@ -9,7 +9,7 @@ PBS_NODENUM (0 on the mother superior), PBS_NUM_NODES, PBS_NUM_PPN, PBS_MSHOST, 
 from __future__ import annotations
 
 from vmwrapper.batch.hookctx import HookContext, int_env
-from vmwrapper.config import is_whole_number
+from vmwrapper.config import Config, is_whole_number
 from vmwrapper.errors import PermanentJobError
 
 EVENTS = {
@@ -24,9 +24,8 @@ EPILOGUE_ARGS = 11
 
 # Exit codes with their measured meaning for the job.
 RUN = 0
-ABORT = 1  # mother superior prologue: job aborted, never rerun
+ABORT = 1  # mother superior prologue: job aborted, never rerun, its output NOT delivered
 REQUEUE = 2  # mother superior prologue: requeued at once (pbs_sched loops without limit)
-SISTER_REQUEUE = 1  # prologue.parallel: any non-zero requeues; 1 included
 # Job exit statuses of a start that pbs_server will retry (JOB_EXEC_RETRY*).
 RETRY_STATUSES = frozenset({-3, -4, -14})
 
@@ -58,15 +57,10 @@ def parse(event_name: str, argv: list[str], env: dict[str, str]) -> HookContext:
     )
 
 
-def prologue_exit_code(ctx: HookContext, *, permanent: bool, attempts_left: bool) -> int:
-    """Map a failed prologue onto Torque's semantics.
+TEARDOWN_MARGIN = 15  # seconds kept after the boot deadline for teardown and the report
 
-    Mother superior: permanent -> abort (1); transient -> requeue (2) while attempts are
-    left, then abort, because pbs_sched would otherwise restart the job in a tight loop.
-    Sister: exit 1 only requeues and cannot abort the job. So a sister gives up with 0
-    when the failure is permanent or attempts ran out; the mother superior's prologue,
-    which runs after every sister's, then finds the sister's VMs missing and aborts.
-    """
-    if ctx.first_node:
-        return REQUEUE if (not permanent and attempts_left) else ABORT
-    return SISTER_REQUEUE if (not permanent and attempts_left) else RUN
+
+def boot_budget(config: Config) -> float:
+    """The mother superior's one deadline for its own boot and every other node's VMs:
+    TIMEOUT, but always well inside pbs_mom's SIGKILL at $prologalarm - 10 s."""
+    return float(min(config.TIMEOUT, config.PROLOGALARM - 10 - TEARDOWN_MARGIN))

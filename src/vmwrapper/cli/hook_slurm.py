@@ -17,7 +17,7 @@ from pathlib import Path
 from vmwrapper import config as config_mod
 from vmwrapper.batch import slurm_hooks as sh
 from vmwrapper.batch.hookctx import HookContext
-from vmwrapper.cli.hook import _epilogue, _log_unexpected, _report, _setup_logging
+from vmwrapper.cli.hook import epilogue, log_unexpected, report, setup_logging
 from vmwrapper.errors import NodeError, VmWrapperError
 
 log = logging.getLogger("vmwrapper.slurm")
@@ -36,9 +36,9 @@ def run_slurm(event: str, env: dict[str, str]) -> int:
         log.error("slurm %s: %s", event, err.message)
         print(f"vm-wrapper: {err.message}", file=sys.stderr)
         return sh.RUN
-    _setup_logging(ctx)
+    setup_logging(ctx)
     if ctx.event == "epilogue":
-        code = _epilogue(ctx)
+        code = epilogue(ctx)
         _marker(env).unlink(missing_ok=True)
         return code
     return _prolog(ctx, env)
@@ -60,17 +60,17 @@ def _prolog(ctx: HookContext, env: dict[str, str]) -> int:
         if not _fetch_request_script(ctx, env, script):
             return sh.RUN  # tagged, but carries no request: an ordinary job
         _marker(env).touch(mode=0o600)
-        # Slurm runs every node's Prolog at once, so no other node's VMs are up yet: the
-        # first node's Torque-style wait for them before booting would stall it 60 s and
-        # fail. The batch script starts when the first node's Prolog ends (measured) and
-        # the job wrapper waits for every VM itself.
+        # Slurm runs every node's Prolog at once; the batch script starts when the first
+        # node's Prolog ends (measured) and the job wrapper waits for every VM itself.
         node_ctx = replace(ctx, script_path=str(script))
-        node.prologue(node_ctx, config, boot.boot_node)
+        block = node.load_request(node_ctx, config)
+        until = time.monotonic() + config.TIMEOUT
+        node.prologue(node_ctx, config, boot.boot_node, block, until=until)
         return sh.RUN
     except VmWrapperError as err:
         failure = err
     except Exception as err:  # a bug is an attempt like any other
-        _log_unexpected(err)
+        log_unexpected(err)
         failure = NodeError("internal error while booting the VMs (see the node's vm-wrapper log)")
     finally:
         script.unlink(missing_ok=True)
@@ -100,7 +100,7 @@ def _failed(
     """Fail the job with a readable reason and/or drain the node (see prolog_verdict)."""
     from vmwrapper import node  # noqa: PLC0415
 
-    _report(ctx, err.lines())
+    report(ctx, err.lines())
     attempt = sh.restart_count(env) + 1
     # an unreadable config is this node's fault: drain it, with the default attempt limit
     limit = int(config.MAX_PROLOGUE_ATTEMPTS if config else _DEFAULT_ATTEMPTS)
@@ -116,6 +116,6 @@ def _failed(
         sh.fail_job(ctx.jobid, reason, env)
     except VmWrapperError as cancel_err:
         # the job would start without its VMs; a node that cannot reach slurmctld is faulty
-        _report(ctx, [f"cannot fail the job in Slurm: {cancel_err.message}"])
+        report(ctx, [f"cannot fail the job in Slurm: {cancel_err.message}"])
         return sh.DRAIN
     return verdict.exit_code

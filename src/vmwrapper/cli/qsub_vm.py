@@ -9,11 +9,17 @@ keeps theirs for the script itself).
 
 from __future__ import annotations
 
-from vmwrapper import submitcore
+import os
+
+from vmwrapper import requestblock, submitcore
 from vmwrapper.batch import argv, torque
 from vmwrapper.config import Config
 from vmwrapper.request import VmRequest
 from vmwrapper.submitvm import VmJob, cores_why, ram_why
+
+# A -v value of 130,000 characters reached every mom intact; the kernel refuses a single
+# argument over 128 KiB (measured on Torque 6.1, reference/batch.md 2.7b).
+MAX_REQUEST_VARIABLE = 120_000
 
 
 class TorqueVmJob(VmJob):
@@ -47,6 +53,29 @@ class TorqueVmJob(VmJob):
         if self.script is None and not self.interactive:
             name = self.parsed.script()
             self.problems.append(f"job script {name!r}: not a readable regular file")
+
+    def analyse(self) -> list[str]:
+        super().analyse()
+        if not self.problems:
+            self.problems += self._carrier_problems()
+        return self.problems
+
+    def _carrier_problems(self) -> list[str]:
+        """The request travels as one qsub -v value; qsub -I needs the session script."""
+        problems = []
+        size = len(requestblock.to_variable(self.request_json()))
+        if size > MAX_REQUEST_VARIABLE:
+            problems.append(
+                f"the request with its embedded files (metadata, vm_prologue, vm_epilogue) is "
+                f"{size // 1024} KB as a job variable; Torque passes at most "
+                f"{MAX_REQUEST_VARIABLE // 1024} KB: make those files smaller"
+            )
+        if self.interactive and not os.path.isfile(self.cfg.INTERACTIVE_SCRIPT):
+            problems.append(
+                f"INTERACTIVE_SCRIPT {self.cfg.INTERACTIVE_SCRIPT} is missing on this host "
+                "(admins: tools/install-deps installs it)"
+            )
+        return problems
 
     def check_shape(self) -> None:
         if len(self.parsed.operands()) > 1:
@@ -100,9 +129,13 @@ class TorqueVmJob(VmJob):
         if torque.last_value(self.options, "N") is None:
             argv += ["-N", self.job_name()]
         argv += ["-l", self.extra_l] if self.extra_l else []
-        # qsub -I -x SCRIPT runs SCRIPT in the interactive session: our wrapper, which opens
-        # the user's shell in vm0. submit() appends the wrapper's path (stdin is the terminal).
-        return argv + (["-x"] if self.interactive else [])
+        # Every mom reads the request from the job's variables (a sister has no script,
+        # qsub -I none at all). Its own -v, last: Torque 6.1's qsub crashed ("stack
+        # smashing detected") when a long value was followed by another variable in one -v.
+        argv += ["-v", f"{requestblock.VARIABLE}={requestblock.to_variable(self.request_json())}"]
+        # qsub -I -x PATH: pbs_mom runs PATH (bash -c) on the session's terminal; Torque
+        # ships no script for -I, so PATH is a file on every node that opens vm0's shell.
+        return argv + (["-x", self.cfg.INTERACTIVE_SCRIPT] if self.interactive else [])
 
     def kept_directives(self) -> list[str]:
         return torque.kept_directive_lines(self.directives, self.lines, self.prefix)

@@ -107,7 +107,9 @@ def _lifecycle(
         ctx = local.context("prologue", jobid, user, copy)
         _say(f"job {jobid}: booting VMs (this takes a while under TCG)")
         with _progress(config, jobid, started):
-            node.prologue(ctx, config, boot.boot_node)
+            block = node.load_request(ctx, config)
+            until = time.monotonic() + config.TIMEOUT
+            node.prologue(ctx, config, boot.boot_node, block, until=until)
         _say(f"job {jobid}: VMs ready after {time.monotonic() - started:.0f} s; running the job")
         status = _run_job(config, jobid, user, payload)
         return status
