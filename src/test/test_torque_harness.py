@@ -1,8 +1,14 @@
 """Tests of the pbs_mom hook harness itself, with tiny stub hooks written per test.
 
 Each stub is a sh script that records what it saw (argv, ids, cwd, umask, fds, session,
-environment) into a record file, then sleeps and/or exits as told. The assertions compare
-those records with the Torque 6.1 contract (DESIGN.md section 4, reference/batch.md 2.4-2.7).
+environment, and the job files beside argv 8: the script and the .JB) into a record file, then
+runs the shell code the test gives it, the way an admin traces a real Torque. The assertions
+compare those records with the Torque 6.1 contract (DESIGN.md section 4, "Torque 6.1 hook
+contract" and "Torque corrections"; reference/batch.md 2.4-2.7b). Tests of a fact observed on
+the real Torque 6.1-dev on 2026-12-01 say which one ("fact N", as numbered in the harness brief:
+1 script owner, 2 sisters, 3 .JB content, 4 MS .JB timing, 6 blocking sister prologues,
+7 abort, 8 requeue, 9 normal end, 10 qdel during the prologue, 11 interactive, 12 the
+earlier contract).
 """
 
 from __future__ import annotations
@@ -10,13 +16,16 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from torque_harness import (
+    INTERACTIVE_EXIT_STATUS,
     JOB_EXEC_FAIL2,
     JOB_EXEC_RETRY,
     JOB_EXEC_RETRY_PROLOGUE,
@@ -25,6 +34,7 @@ from torque_harness import (
     Job,
     JobContext,
     JobUser,
+    Outcome,
     TorqueSite,
     ensure_job_user,
     hook_timeout,
@@ -50,6 +60,8 @@ HOOK_ENV_KEYS = {
 }
 SHELL_ADDED = {"PWD", "SHLVL", "_", "OLDPWD"}  # set by the hook's own shell, not by the mom
 MARKER_SCRIPT = "#!/bin/sh\n#PBS -N stubjob\necho job-body\n"
+SAMPLES = Path(__file__).with_name("torque_samples")
+NOW = "date +%s.%N"  # shell: a timestamp comparable with the records' "when"
 
 RECORDER = r"""#!/bin/sh
 rec=@REC@/$(basename "$0").$PBS_NODENUM.$$
@@ -69,6 +81,10 @@ fd1=$(readlink /proc/$$/fd/1)
   echo "sid=$(read -r st < /proc/$$/stat; set -- ${st##*) }; echo "$4")"
   echo "pid=$$"
   echo "when=$(date +%s.%N)"
+  eval "last=\${$#}"
+  echo "sc=$(stat -c %u:%g:%a "$last" 2>/dev/null || echo absent)"
+  echo "jb=$(stat -c %u:%g:%a:%i "${last%.SC}.JB" 2>/dev/null || echo absent)"
+  echo "jobs=$(ls "${last%/*}" 2>/dev/null | tr '\n' ' ')"
   env | sed 's/^/env:/'
 } > "$rec.tmp"
 mv "$rec.tmp" "$rec"
@@ -191,6 +207,31 @@ def flag_job(flag: list[int], code: int = 0) -> Callable[[JobContext], int]:
         return code
 
     return payload
+
+
+def wait_for_text(path: Path, needle: str, timeout: float = 10.0) -> str:
+    """The text of ``path`` once it contains ``needle`` (a detached watcher's log)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError):
+            text = path.read_text()
+            if needle in text:
+                return text
+        time.sleep(0.01)
+    raise AssertionError(f"{path} never got {needle!r}")
+
+
+def stamp(path: Path) -> float:
+    """A timestamp a stub wrote with ``echo "...=$(date +%s.%N)"``."""
+    return float(path.read_text().strip().rpartition("=")[2])
+
+
+def skeleton(elem: ET.Element, depth: int = 0) -> list[tuple[int, str, dict[str, str]]]:
+    """The shape of an XML tree: (depth, tag, attributes) of every element, in order."""
+    out = [(depth, elem.tag, dict(elem.attrib))]
+    for child in elem:
+        out += skeleton(child, depth + 1)
+    return out
 
 
 # ----------------------------------------------------------------- permissions
@@ -390,21 +431,87 @@ def test_missing_hooks_are_skipped(base: Path, stubs: Stubs, user: JobUser, work
     assert len(stubs.records("epilogue")) == 1
 
 
-def test_job_script_and_nodefile_are_root_owned_copies(
+def test_ms_script_belongs_to_the_job_user_before_the_prologue(
     base: Path, stubs: Stubs, user: JobUser, workdir: Path
 ) -> None:
-    probe = 'stat -c "%u %a" "$8" "$PBS_NODEFILE" > ../probe; cat "$8" > ../copy'
-    stubs.write("prologue", probe)
-    stubs.write("prologue.parallel", 'stat -c "%u %a" "$8" > ../probe; cat "$8" > ../copy')
+    """Fact 1: pbs_mom chowns the MS's <id>.SC to the job user (0700) before `prologue`;
+    while the sisters run `prologue.parallel` it is still root's. The node file is root 0644."""
     site = make_site(base, stubs, nodes=2)
+    ms_script = site.moms[0].script("1.vm")
+    stubs.write("prologue.parallel", f'stat -c %u:%g:%a "{ms_script}" > ../ms-script-then')
+    stubs.write("prologue", 'stat -c "%u %a" "$PBS_NODEFILE" > ../nodefile; cat "$8" > ../copy')
+    stubs.write("epilogue")
+    site.install_hooks(stubs.src)
     out = site.run(make_job(user, workdir, nodes=2))
-    ms, sister = site.moms[0].home, site.moms[1].home
-    assert (ms / "probe").read_text() == "0 700\n0 644\n"
-    assert (ms / "copy").read_text() == MARKER_SCRIPT
-    assert (sister / "probe").read_text() == "0 700\n", "each mom has its own copy"
-    assert (sister / "copy").read_text() == MARKER_SCRIPT
     assert out.state == "completed"
-    assert not (site.moms[0].mom_priv / "jobs" / "1.vm.SC").exists(), "purged at job end"
+    (pro,) = stubs.records("prologue")
+    assert argv_of(pro)[8] == str(ms_script)
+    assert pro["sc"] == f"{user.uid}:{user.gid}:700"
+    assert (site.moms[0].home / "copy").read_text() == MARKER_SCRIPT
+    assert (site.moms[0].home / "nodefile").read_text() == "0 644\n"
+    assert (site.moms[1].home / "ms-script-then").read_text() == "0:0:700\n"
+    (epi,) = stubs.records("epilogue")
+    assert epi["sc"] == f"{user.uid}:{user.gid}:700", "still the user's at job end"
+    assert [(e.action, e.node) for e in out.files(".SC")] == [
+        ("written", "n0"),
+        ("chowned", "n0"),
+        ("removed", "n0"),
+    ]
+    assert not ms_script.exists(), "purged at job end"
+
+
+def test_sister_never_has_the_script_and_saves_its_jb_after_prologue_parallel(
+    base: Path, stubs: Stubs, user: JobUser, workdir: Path
+) -> None:
+    """Fact 2 (multi-mom names): a sister's argv 8 names <id><its own port>.SC, which does not
+    exist; its .JB does not exist during prologue.parallel either and appears (root 0644)
+    about 2 ms after the hook returned. A detached watcher sees it come and go."""
+    watch = base / "watch"
+    stubs.write(
+        "prologue.parallel",
+        f"""jb="${{8%.SC}}.JB"
+setsid sh -c '
+  jb=$1 log=$2
+  for i in $(seq 3000); do [ -e "$jb" ] && break; sleep 0.001; done
+  echo "appeared=$({NOW}) mode=$(stat -c %u:%g:%a "$jb")" >> $log
+  cp "$jb" $log.JB
+  while [ -e "$jb" ]; do sleep 0.005; done
+  echo "gone=$({NOW})" >> $log
+' sh "$jb" {watch} </dev/null >/dev/null 2>&1 &
+sleep 0.2
+echo "end=$({NOW})" > ../hook-end""",
+    )
+    stubs.write("prologue")
+    site = TorqueSite(base / "pbs", 2, multi_mom=True)
+    site.install_hooks(stubs.src)
+    ms, sister = site.moms
+    assert (ms.port, sister.port) == (15003, 15013)
+
+    def payload(ctx: JobContext) -> int:
+        time.sleep(0.3)
+        return 0
+
+    out = site.run(make_job(user, workdir, nodes=2, jobid="14.vm", payload=payload))
+    assert out.state == "completed"
+    (par,) = stubs.records("prologue.parallel")
+    assert argv_of(par)[8] == str(sister.jobs / "14.vm15013.SC")
+    assert (par["sc"], par["jb"], par["jobs"]) == ("absent", "absent", "")
+    (pro,) = stubs.records("prologue")
+    assert argv_of(pro)[8] == str(ms.jobs / "14.vm15003.SC") and pro["sc"] != "absent"
+    assert "14.vm15013.SC" not in pro["jobs"] and not (sister.jobs / "14.vm15013.SC").exists()
+
+    log = wait_for_text(watch, "gone=")
+    seen = dict(line.split("=", 1) for line in log.replace(" mode=", "\nmode=").splitlines())
+    hook_end = float((sister.home / "hook-end").read_text().split("=")[1])
+    assert 0 < float(seen["appeared"]) - hook_end < 1.0, "written just after the hook ended"
+    assert seen["mode"] == "0:0:644"
+    assert float(seen["gone"]) > float(seen["appeared"])
+    assert ET.parse(f"{watch}.JB").getroot().findtext("jobid") == "14.vm"
+    # the harness's own account of it: the first save follows the hook's end
+    (run,) = out.hooks("prologue.parallel")
+    first = out.files(".JB", node=sister.name)[0]
+    assert first.action == "written" and first.when >= run.ended
+    assert first.path == sister.jobs / "14.vm15013.JB"
 
 
 def test_default_payload_runs_the_script_as_the_owner(
@@ -553,9 +660,13 @@ def test_hook_killed_by_a_signal_counts_as_success(
     assert out.state == "completed" and out.hooks("prologue")[0].rc == 0
 
 
-def test_sister_prologue_exit_1_requeues_not_aborts(
+def test_sister_prologue_exit_1_requeues_without_sister_epilogues(
     base: Path, stubs: Stubs, user: JobUser, workdir: Path
 ) -> None:
+    """prologue.parallel exit 1 requeues (-3) in a tight loop (observed). What else happens is
+    read in Torque's source: the failing sister purges the job at once (no .JB, no epilogue;
+    im_join_job_as_sister), the MS bails and the other sisters get IM_ABORT_JOB (no hook), and
+    the MS, which set "prologues ran" before joining them, runs its epilogues (argv 10 -3)."""
     stubs.write("prologue.parallel", "exit 1")
     stubs.write("prologue")
     stubs.write("epilogue")
@@ -565,8 +676,11 @@ def test_sister_prologue_exit_1_requeues_not_aborts(
     out = site.run(make_job(user, workdir, nodes=2, payload=flag_job(ran)), max_starts=3)
     assert (out.state, out.exit_status, out.start_count) == ("requeued", JOB_EXEC_RETRY, 3)
     assert ran == [] and stubs.records("prologue") == [], "the MS aborts the start"
-    assert len(stubs.records("epilogue.parallel")) == 3
-    assert len(stubs.records("epilogue")) == 3
+    assert stubs.records("epilogue.parallel") == []
+    epis = stubs.records("epilogue")
+    assert [argv_of(r)[10] for r in epis] == [str(JOB_EXEC_RETRY)] * 3
+    assert out.files(".JB", node="n1") == [], "the failing sister never saved the job"
+    assert not out.delivered
 
 
 def test_interactive_job_aborts_on_any_prologue_failure(
@@ -753,3 +867,398 @@ def test_user_hooks_run_as_owner_in_order(
     (pu,) = stubs.records("prologue.user")
     assert pu["umask"] == "0077" and pu["cwd"] == str(user.home)
     assert stat.S_IMODE(site.moms[0].hook("prologue.user").stat().st_mode) == 0o755
+
+
+# ------------------------------------------------------------- the job's .JB files
+
+
+def expected_variable_list(user: JobUser, workdir: Path, given: str) -> str:
+    head = (
+        f"PBS_O_QUEUE=batch,PBS_O_HOME={user.home},PBS_O_LOGNAME={user.name},"
+        f"PBS_O_PATH=/usr/local/bin:/usr/bin:/bin,PBS_O_SHELL={user.shell},PBS_O_LANG=C.UTF-8"
+    )
+    return f"{head},{given},PBS_O_WORKDIR={workdir},PBS_O_HOST=vm,PBS_O_SERVER=vm"
+
+
+def test_jb_holds_variable_list_exec_host_and_owner(
+    base: Path, stubs: Stubs, user: JobUser, workdir: Path
+) -> None:
+    """Fact 3: both .JB files hold the -v variables in Variable_List, joined by bare commas
+    (a value's comma splits it: OTHER=a,b=), exec_host MS first, euser and egroup; XML with
+    the job's attributes, values escaped; the job's environment has the same variables."""
+    stubs.write("epilogue.parallel", 'cp "${11%.SC}.JB" ../sister.JB')
+    stubs.write("epilogue", 'cp "${11%.SC}.JB" ../ms.JB')
+    site = make_site(base, stubs, nodes=2)
+    envs: list[dict[str, str]] = []
+
+    def payload(ctx: JobContext) -> int:
+        envs.append(ctx.env)
+        return 0
+
+    variables = {"VMW_REQUEST_V1": "abc+/=", "OTHER": "a,b", "AMP": "x&y<z"}
+    job = make_job(user, workdir, nodes=2, variables=variables, payload=payload)
+    assert site.run(job).state == "completed"
+    want = expected_variable_list(user, workdir, "VMW_REQUEST_V1=abc+/=,OTHER=a,b=,AMP=x&y<z")
+    for node, name in ((site.moms[1], "sister.JB"), (site.moms[0], "ms.JB")):
+        raw = (node.home / name).read_text()
+        assert raw.startswith('<?xml version="1.0"?>\n<job>\n  <version>')
+        assert "AMP=x&amp;y&lt;z" in raw
+        root = ET.fromstring(raw)
+        attrs = root.find("attributes")
+        assert attrs is not None
+        assert attrs.findtext("Variable_List") == want
+        assert attrs.findtext("exec_host") == "n0/0+n1/0"
+        assert (attrs.findtext("euser"), attrs.findtext("egroup")) == (user.name, user.group)
+        assert attrs.findtext("Job_Name") == "stubjob"
+        assert root.findtext("nodeid") == ("1" if node is site.moms[1] else "0")
+    (env,) = envs
+    assert (env["VMW_REQUEST_V1"], env["OTHER"], env["b"]) == ("abc+/=", "a", "")
+    assert env["PBS_O_HOME"] == str(user.home) and env["PBS_O_QUEUE"] == "batch"
+
+
+def test_jb_has_the_shape_of_the_real_ones(base: Path, user: JobUser) -> None:
+    """Fact 3: element for element (with the flags), the harness's .JB files look like the
+    ones Torque wrote for job 14 (torque_samples/); so do the fixed-value fields."""
+    site = TorqueSite(base / "pbs", ("tqn2", "tqn1"), multi_mom=True, mom_ports=(15013, 15003))
+    job = Job(
+        user=user,
+        script="#!/bin/sh\n",
+        jobid="14.vm",
+        name="tj.sh",
+        nodes=2,
+        resource_list="nodes=2:ppn=1,neednodes=2:ppn=1",
+        variables={"VMW_REQUEST_V1": "U27VVkTm3u0jR/ywHu7L"},
+    )
+    fixed = ["version", "state", "substate", "server_flags", "record_type", "svr_addr"]
+    fixed += ["socket_stdout", "socket_stderr", "taskid", "nodeid"]
+    attr_fixed = ["Checkpoint", "Join_Path", "Keep_Files", "job_state", "exec_host"]
+    attr_fixed += ["exec_port", "fault_tolerant", "job_radix", "request_version", "queue"]
+    for nodenum, sample in ((0, "ms-14.vm15013.JB"), (1, "sister-14.vm15003.JB")):
+        ours = ET.fromstring(site.job_record(job, nodenum))
+        real = ET.parse(SAMPLES / sample).getroot()
+        assert skeleton(ours) == skeleton(real), sample
+        for tag in fixed:
+            assert ours.findtext(tag) == real.findtext(tag), (sample, tag)
+        for tag in attr_fixed:
+            assert ours.findtext(f"attributes/{tag}") == real.findtext(f"attributes/{tag}")
+        for tag in ("nodes", "neednodes"):
+            path = f"attributes/Resource_List/{tag}"
+            assert ours.findtext(path) == real.findtext(path)
+        real_vars = real.findtext("attributes/Variable_List") or ""
+        ours_vars = ours.findtext("attributes/Variable_List") or ""
+        assert [v.split("=")[0] for v in ours_vars.split(",")] == [
+            v.split("=")[0] for v in real_vars.split(",")
+        ]
+
+
+def test_ms_jb_appears_only_after_the_ms_prologue_by_default(
+    base: Path, stubs: Stubs, user: JobUser, workdir: Path
+) -> None:
+    """Fact 4, the worse case (first job after an idle spell): no MS .JB during the whole MS
+    prologue (a 0.5 s wait does not help); it is there for the epilogue."""
+    stubs.write(
+        "prologue",
+        'for i in $(seq 50); do [ -e "${8%.SC}.JB" ] && break; sleep 0.01; done; '
+        'stat -c %a "${8%.SC}.JB" > ../after-wait 2>&1 || echo absent > ../after-wait',
+    )
+    stubs.write("epilogue")
+    site = make_site(base, stubs)
+    out = site.run(make_job(user, workdir))
+    (pro,) = stubs.records("prologue")
+    assert pro["jb"] == "absent"
+    assert (site.moms[0].home / "after-wait").read_text() == "absent\n"
+    (epi,) = stubs.records("epilogue")
+    assert epi["jb"].startswith("0:0:644:")
+    (run,) = out.hooks("prologue")
+    first = out.files(".JB", node="n0")[0]
+    assert first.action == "written" and first.when >= run.ended
+
+
+def test_ms_jb_before_the_prologue_as_an_option(
+    base: Path, stubs: Stubs, user: JobUser, workdir: Path
+) -> None:
+    """Fact 4, the other case (later jobs): the MS .JB is there during prologue.parallel and
+    the MS prologue."""
+    site = TorqueSite(base / "pbs", 2, ms_jb_before_prologue=True)
+    ms_record = site.moms[0].record("1.vm")
+    stubs.write("prologue.parallel", f'stat -c %a "{ms_record}" > ../ms-jb 2>&1')
+    stubs.write("prologue")
+    site.install_hooks(stubs.src)
+    assert site.run(make_job(user, workdir, nodes=2)).state == "completed"
+    (pro,) = stubs.records("prologue")
+    assert pro["jb"].startswith("0:0:644:")
+    assert (site.moms[1].home / "ms-jb").read_text() == "644\n"
+
+
+# -------------------------------------------------------- sister prologues block
+
+
+def test_sister_prologue_blocks_its_mom_and_the_ms_waits_for_it(
+    base: Path, stubs: Stubs, user: JobUser, workdir: Path
+) -> None:
+    """Fact 6: prologue.parallel runs inside the sister's pbs_mom, which answers nothing
+    meanwhile (momctl -d); the MS prologue starts only after every sister's returned."""
+    stubs.write("prologue.parallel", f'sleep 0.5; echo "end=$({NOW})" > ../par-end')
+    stubs.write("prologue")
+    site = make_site(base, stubs, nodes=3)
+    answers: dict[str, set[bool]] = {mom.name: set() for mom in site.moms}
+    outcome: list[Outcome] = []
+    job = make_job(user, workdir, nodes=3)
+    runner = threading.Thread(target=lambda: outcome.append(site.run(job)))
+    runner.start()
+    while runner.is_alive():
+        for mom in site.moms:
+            answers[mom.name].add(mom.answers())
+        time.sleep(0.01)
+    runner.join()
+    assert outcome[0].state == "completed"
+    assert answers["n0"] == {True}, "the MS mom stays responsive"
+    assert False in answers["n1"] and False in answers["n2"]
+    assert all(mom.answers() for mom in site.moms)
+    (pro,) = stubs.records("prologue")
+    for sister in site.moms[1:]:
+        assert float(pro["when"]) >= stamp(sister.home / "par-end")
+
+
+def test_detached_child_lets_the_sister_hook_return_and_outlives_the_job(
+    base: Path, stubs: Stubs, user: JobUser, workdir: Path
+) -> None:
+    """Fact 6: `setsid ... </dev/null >/dev/null 2>&1 &` lets prologue.parallel return at once;
+    the child survives the job's end (nothing kills it)."""
+    child = base / "child"
+    stubs.write(
+        "prologue.parallel", f"setsid sleep 60 </dev/null >/dev/null 2>&1 & echo $! > {child}"
+    )
+    site = make_site(base, stubs, nodes=2)
+    out = site.run(make_job(user, workdir, nodes=2, payload=["/bin/true"]))
+    pid = int(child.read_text())
+    try:
+        assert out.state == "completed"
+        assert out.hooks("prologue.parallel")[0].duration < 1.0
+        assert _alive(pid), "the child outlived the job"
+    finally:
+        kill_session(pid)
+
+
+# ---------------------------------------------------- failed starts, normal end
+
+
+def jb_actions(out: Outcome, node: str) -> list[str]:
+    return [e.action for e in out.files(".JB", node=node)]
+
+
+def test_ms_prologue_exit_1_aborts_without_any_sister_hook(
+    base: Path, stubs: Stubs, user: JobUser, workdir: Path
+) -> None:
+    """Fact 7: MS prologue exit 1 aborts (-2), no rerun; the MS epilogue still runs (argv 10
+    = -2); sisters run no hook at all and remove their .JB first; output stays in the spool."""
+    site = make_site(base, stubs, nodes=2)
+    sister_jb = site.moms[1].record("1.vm")
+    for name in ("prologue.parallel", "epilogue.parallel", "epilogue.user.parallel"):
+        stubs.write(name)
+    stubs.write("prologue", "echo refusing; exit 1")
+    stubs.write("epilogue", f'stat "{sister_jb}" >/dev/null 2>&1 && echo there > ../sister-jb')
+    site.install_hooks(stubs.src)
+    out = site.run(make_job(user, workdir, nodes=2), max_starts=10)
+    assert (out.state, out.exit_status, out.start_count) == ("aborted", JOB_EXEC_FAIL2, 1)
+    assert stubs.sequence() == [("prologue.parallel", 1), ("prologue", 0), ("epilogue", 0)]
+    (epi,) = stubs.records("epilogue")
+    assert argv_of(epi)[10] == "-2"
+    assert not (site.moms[0].home / "sister-jb").exists(), "gone before the MS epilogue"
+    assert jb_actions(out, "n1") == ["written", "removed"]
+    (pro,) = out.hooks("prologue")
+    removed = out.files(".JB", node="n1")[-1].when
+    assert pro.ended <= removed <= out.hooks("epilogue")[0].started
+    assert not out.delivered and out.stdout_path == site.moms[0].spool / "1.vm.OU"
+    assert out.stdout_path.read_text() == "refusing\n"
+    assert list(workdir.iterdir()) == []
+
+
+def test_ms_prologue_exit_2_requeues_and_the_restart_gets_a_new_sister_jb(
+    base: Path, stubs: Stubs, user: JobUser, workdir: Path
+) -> None:
+    """Fact 8: MS prologue exit 2 requeues (-14) and pbs_sched restarts the job at once. The
+    failed start runs no sister hook (the sister just removes its .JB) but the MS epilogue;
+    the restart runs prologue.parallel again, and a new .JB (another inode) appears."""
+    counter = base / "count"
+    stubs.write(
+        "prologue",
+        f"n=$(($(cat {counter} 2>/dev/null || echo 0) + 1)); echo $n > {counter}; "
+        "[ $n -ge 2 ] || exit 2",
+    )
+    for name in ("prologue.parallel", "epilogue.parallel", "epilogue"):
+        stubs.write(name)
+    site = make_site(base, stubs, nodes=2)
+    out = site.run(make_job(user, workdir, nodes=2, payload=["/bin/true"]), max_starts=5)
+    assert (out.state, out.exit_status, out.start_count) == ("completed", 0, 2)
+    assert [s.exit_status for s in out.starts] == [JOB_EXEC_RETRY_PROLOGUE, 0]
+    assert [n for n, _ in stubs.sequence()] == [
+        "prologue.parallel",
+        "prologue",
+        "epilogue",
+        "prologue.parallel",
+        "prologue",
+        "epilogue.parallel",
+        "epilogue",
+    ]
+    assert [argv_of(r)[10] for r in stubs.records("epilogue")] == ["-14", "0"]
+    assert [r["jb"] for r in stubs.records("prologue.parallel")] == ["absent", "absent"]
+    first, second = out.starts
+    assert [e.action for e in first.files if e.node == "n1"] == ["written", "removed"]
+    old = next(e for e in first.files if e.node == "n1")
+    new = next(e for e in second.files if e.node == "n1")
+    assert (old.action, new.action) == ("written", "written")
+    assert old.inode != new.inode, "a new file, another inode"
+
+
+def test_normal_end_sister_epilogue_then_its_jb_goes_then_ms_epilogue(
+    base: Path, stubs: Stubs, user: JobUser, workdir: Path
+) -> None:
+    """Fact 9: at a normal end the sister runs epilogue.parallel (its .JB still there, argv 5
+    = 0), then removes the .JB; the MS epilogue runs last."""
+    site = make_site(base, stubs, nodes=2)
+    sister_jb = site.moms[1].record("1.vm")
+    stubs.write("epilogue.parallel")
+    stubs.write("epilogue", f'stat "{sister_jb}" >/dev/null 2>&1 && echo there > ../sister-jb')
+    site.install_hooks(stubs.src)
+    out = site.run(make_job(user, workdir, nodes=2, payload=["/bin/true"]))
+    assert out.state == "completed"
+    assert [n for n, _ in stubs.sequence()] == ["epilogue.parallel", "epilogue"]
+    (par,) = stubs.records("epilogue.parallel")
+    assert par["jb"].startswith("0:0:644:") and argv_of(par)[5] == "0"
+    (epi,) = stubs.records("epilogue")
+    assert epi["jb"].startswith("0:0:644:"), "the MS's own .JB"
+    assert argv_of(epi)[5] != "0", "the MS knows the job's session"
+    assert not (site.moms[0].home / "sister-jb").exists()
+    removed = out.files(".JB", node="n1")[-1]
+    assert removed.action == "removed"
+    assert out.hooks("epilogue.parallel")[0].ended <= removed.when
+    assert removed.when <= out.hooks("epilogue")[0].started
+
+
+# ---------------------------------------------------------- qdel during prologue
+
+
+def test_qdel_during_the_ms_prologue_ends_the_job_around_it(
+    base: Path, stubs: Stubs, user: JobUser, workdir: Path
+) -> None:
+    """Fact 10: a qdel while the MS prologue sleeps: the prologue is not signalled and runs to
+    its end, while the job is killed around it: sister epilogue.parallel, epilogue.precancel
+    (as the owner), sister .JB removed, MS epilogue (argv 10 = 0 everywhere). The job ends C
+    with exit status 0, never having run; its (empty) output is delivered."""
+    home = base / "pbs" / "n0"
+    stubs.write(
+        "prologue",
+        f"trap 'echo got-term > {home}/term; exit 0' TERM\n"
+        f'sleep 2 & wait $!\necho "end=$({NOW})" > {home}/prologue-end',
+    )
+    for name in ("prologue.parallel", "epilogue.parallel", "epilogue.precancel", "epilogue"):
+        stubs.write(name)
+    site = make_site(base, stubs, nodes=2)
+    ran: list[int] = []
+    began = time.monotonic()
+    out = site.run(
+        make_job(user, workdir, nodes=2, payload=flag_job(ran)), qdel_during_prologue_after=0.5
+    )
+    assert time.monotonic() - began >= 2.0, "the prologue ran to its end"
+    assert (out.state, out.exit_status, out.start_count) == ("completed", 0, 1)
+    assert ran == [] and out.last.deleted and not out.last.ran_job
+    assert not (home / "term").exists()
+    prologue_end = stamp(home / "prologue-end")
+    assert [n for n, _ in stubs.sequence()] == [
+        "prologue.parallel",
+        "prologue",
+        "epilogue.parallel",
+        "epilogue.precancel",
+        "epilogue",
+    ]
+    for name in ("epilogue.parallel", "epilogue.precancel", "epilogue"):
+        (rec,) = stubs.records(name)
+        assert float(rec["when"]) < prologue_end, f"{name} ran while the prologue still ran"
+        assert (argv_of(rec)[5], argv_of(rec)[10]) == ("0", "0"), name
+    (pre,) = stubs.records("epilogue.precancel")
+    assert pre["uid"] == str(user.uid)
+    assert out.hooks("prologue")[0].rc == 0
+    removed = out.files(".JB", node="n1")[-1]
+    assert removed.action == "removed"
+    assert out.hooks("epilogue.precancel")[0].started <= removed.when
+    assert removed.when <= out.hooks("epilogue")[0].started
+    assert out.delivered and (workdir / "stubjob.o1").exists()
+
+
+# -------------------------------------------------------------------- interactive
+
+
+def test_interactive_x_runs_the_file_in_the_login_shell_on_the_terminal(
+    base: Path, stubs: Stubs, user: JobUser, workdir: Path
+) -> None:
+    """Fact 11: qsub -I -x PATH: no script on the mom (argv 8 names a .SC that does not
+    exist), argv 4 is PATH's basename, the MS prologue writes to the terminal; the mom runs
+    the login shell as `-<shell> -c PATH` on the terminal, with PBS_ENVIRONMENT=PBS_INTERACTIVE
+    and the -v variables; the job ends with exit status 265."""
+    seen = base / "ix-seen"
+    ix = base / "ix.sh"
+    ix.write_text(
+        "#!/bin/sh\n"
+        f'echo "me=$(tr "\\0" " " < /proc/$$/cmdline)" > {seen}\n'
+        f'echo "parent=$(tr "\\0" " " < /proc/$PPID/cmdline)" >> {seen}\n'
+        f"env | sed 's/^/env:/' >> {seen}\n"
+        "echo ix-out; echo ix-err >&2\n"
+    )
+    ix.chmod(0o755)
+    seen.touch()
+    seen.chmod(0o666)
+    stubs.write("prologue", "echo prologue-out")
+    stubs.write("epilogue", "echo epilogue-out")  # to /dev/null for -I (source: run_epilogues)
+    site = make_site(base, stubs)
+    variables = {"VMW_REQUEST_V1": "abc"}
+    job = Job(user, "", workdir=workdir, interactive=True, inter_cmd=str(ix), variables=variables)
+    assert job.name == "ix.sh"
+    out = site.run(job)
+    assert (out.state, out.exit_status) == ("completed", INTERACTIVE_EXIT_STATUS)
+    (pro,) = stubs.records("prologue")
+    assert argv_of(pro)[4] == "ix.sh" and pro["sc"] == "absent"
+    (epi,) = stubs.records("epilogue")
+    assert argv_of(epi)[10] == "265"
+    assert site.terminal.read_text() == "prologue-out\nix-out\nix-err\n"
+    lines = seen.read_text().splitlines()
+    assert lines[0] == f"me=/bin/sh {ix} "
+    shell = Path(user.shell).name
+    if shell != "bash":  # bash would exec PATH itself: its parent would be the "mom"
+        assert lines[1] == f"parent=-{shell} -c {ix} ", "the login shell, -c PATH"
+    env = dict(line[4:].split("=", 1) for line in lines if line.startswith("env:"))
+    assert env["PBS_ENVIRONMENT"] == "PBS_INTERACTIVE" and env["PBS_JOBID"] == "1.vm"
+    assert env["PBS_NODEFILE"] == f"{site.moms[0].aux}//1.vm"
+    assert env["PBS_O_WORKDIR"] == str(workdir) and env["VMW_REQUEST_V1"] == "abc"
+    assert (env["HOME"], env["SHELL"]) == (str(user.home), user.shell)
+    assert not out.delivered and list(workdir.iterdir()) == []
+    assert out.files(".SC") == [], "no script on any mom"
+
+
+def test_interactive_without_x_is_stdin_and_runs_what_the_user_types(
+    base: Path, stubs: Stubs, user: JobUser, workdir: Path
+) -> None:
+    """Fact 11: plain qsub -I: argv 4 is STDIN, no script anywhere, the login shell reads the
+    terminal (here: Job.script as what the user types)."""
+    stubs.write("prologue")
+    stubs.write("prologue.parallel")
+    site = make_site(base, stubs, nodes=2)
+    typed = "echo typed-$PBS_ENVIRONMENT\n"
+    job = Job(user=user, script=typed, workdir=workdir, nodes=2, interactive=True)
+    out = site.run(job)
+    assert out.exit_status == INTERACTIVE_EXIT_STATUS
+    for name in ("prologue", "prologue.parallel"):
+        (rec,) = stubs.records(name)
+        assert argv_of(rec)[4] == "STDIN" and rec["sc"] == "absent", name
+    assert "typed-PBS_INTERACTIVE\n" in site.terminal.read_text()
+
+
+def test_interactive_x_of_a_dev_fd_path_means_nothing_on_the_mom(
+    base: Path, stubs: Stubs, user: JobUser, workdir: Path
+) -> None:
+    """Fact 11: -x takes a path on the MS; /dev/fd/N of the submitting qsub is not open there."""
+    site = make_site(base, stubs)
+    job = Job(user=user, script="", workdir=workdir, interactive=True, inter_cmd="/dev/fd/7")
+    out = site.run(job)
+    assert job.name == "7" and out.state == "completed"
+    assert "/dev/fd/7" in site.terminal.read_text(), "the shell's complaint, nothing else"

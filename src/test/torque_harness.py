@@ -1,20 +1,39 @@
 """A faithful pbs_mom hook runner for tests (Torque 6.1, as observed).
 
-Torque is not packaged for Debian, so this module reproduces the hook contract recorded in
-DESIGN.md section 4 and reference/batch.md section 2 on one host:
+Torque is not packaged for Debian, so this module reproduces on one host what a real Torque
+6.1-dev (two moms, multi-mom) was seen to do: DESIGN.md section 4 ("Torque 6.1 hook contract"
+and "Torque corrections") and reference/batch.md sections 2.4-2.7b. The few behaviours taken
+from Torque's source rather than from an observation say so where they are made.
 
-- every simulated node (``Mom``) has its own PBS_HOME with ``mom_priv/`` (the hooks),
-  ``mom_priv/jobs/<jobid>.SC`` (root 0700), ``aux/<jobid>`` (the node file) and ``spool/``;
-- a start runs, in the observed order: the sisters' ``prologue.parallel`` and
-  ``prologue.user.parallel`` (sisters concurrently), the mother superior's ``prologue`` and
-  ``prologue.user``, the job, the sisters' ``epilogue.user.parallel`` and ``epilogue.parallel``,
-  then the mother superior's ``epilogue.user`` and ``epilogue``;
-- each hook is checked like ``check_pelog_permissions`` and run like ``run_pelog``: exact argv,
-  an ``env -i`` environment with exactly the observed variables, cwd ``mom_priv`` (the owner's
-  home for user hooks), stdin ``/dev/null``, its own session, the observed umask, and SIGKILL
-  to its whole session at ``prologalarm - 10`` seconds;
-- the prologue's result decides the start: run, abort (-2) or requeue (-14 / -3). The real
-  requeue loop is endless; ``TorqueSite.run`` bounds it with ``max_starts``.
+One start of a job (``TorqueSite.start``):
+
+1. The mother superior (MS, ``moms[0]``) gets the job from pbs_server: the script
+   ``mom_priv/jobs/<stem>.SC`` (root 0700; there is none for ``qsub -I``), the node file
+   ``aux/<jobid>`` and the spool files. Sisters get no script, ever.
+2. Every sister joins: it runs ``prologue.parallel`` and ``prologue.user.parallel``
+   synchronously inside its pbs_mom (that mom answers nothing meanwhile: ``Mom.answers``), the
+   sisters concurrently. About 2 ms after they returned, the sister saves ``<stem>.JB`` (XML,
+   root 0644, with the job's ``Variable_List``, ``exec_host``, ``euser``...).
+3. Once every sister has returned, the MS chowns the script to the job user (0700) and runs
+   ``prologue`` and ``prologue.user``. Its own ``.JB`` is saved only after they return, the
+   worse of the two cases seen (``ms_jb_before_prologue=True`` for the other one).
+4. The job runs. At its end every sister runs ``epilogue.user.parallel`` and
+   ``epilogue.parallel`` and then removes its ``.JB``; then the MS runs ``epilogue.user`` and
+   ``epilogue``, purges its job files and delivers the output.
+
+A failed start: MS prologue exit 1 aborts the job (-2, output left in the spool), any other
+MS prologue failure requeues it (-14) and pbs_sched restarts it at once, a failed sister
+prologue requeues it (-3). The sisters then purge their ``.JB`` without running any hook,
+the MS still runs its epilogues, and a requeued job starts over at step 1 with new files
+(``max_starts`` bounds what is an endless loop in reality). ``qdel`` while the MS prologue
+runs (``qdel_during_prologue_after``) ends the job around that prologue, which is not
+signalled and runs on.
+
+Each hook is checked like ``check_pelog_permissions`` and run like ``run_pelog``: exact argv,
+an ``env -i`` environment with exactly the observed variables, cwd ``mom_priv`` (the owner's
+home for user hooks), stdin ``/dev/null``, its own session, the observed umask, and SIGKILL to
+its whole session at ``prologalarm - 10`` seconds. Children a hook leaves behind are never
+killed at job end.
 
 It needs root: the hooks must be root-owned and user hooks run as the job owner.
 """
@@ -23,13 +42,16 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import itertools
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +63,7 @@ from typing import IO, Literal
 JOB_EXEC_FAIL2 = -2  # MS prologue exit 1: aborted, never rerun
 JOB_EXEC_RETRY = -3  # a sister failed to start: requeued
 JOB_EXEC_RETRY_PROLOGUE = -14  # MS prologue failed otherwise: requeued
+INTERACTIVE_EXIT_STATUS = 265  # what every observed qsub -I job ended with
 
 # run_pelog() results that are not an exit code.
 PELOG_PERMISSION_ERROR = -1
@@ -54,6 +77,13 @@ DEFAULT_PROLOGALARM = 300
 KILL_GRACE = 5.0  # run_pelog waits alarm(5) more after the SIGKILL before giving up
 HOOK_PATH = "/bin:/usr/bin"  # from $PBS_HOME/pbs_environment
 HOOK_LANG = "C.UTF-8"
+MOM_MANAGER_PORT = 15003  # pbs_mom -R: in the job file names in multi-mom mode
+SUBMIT_PATH = "/usr/local/bin:/usr/bin:/bin"  # PBS_O_PATH: qsub's PATH on the submit host
+
+# Observed delays of pbs_mom's own file work (the harness waits them too).
+SISTER_JB_DELAY = 0.002  # a sister saves its .JB ~2 ms after prologue.parallel returned
+ABORT_PURGE_DELAY = 0.006  # sisters remove their .JB ~6 ms after an abort (MS prologue exit 1)
+REQUEUE_PURGE_DELAY = 0.04  # ... and ~40 ms after a requeue (MS prologue exit 2)
 
 # Hooks that run as the job owner (PE_PROLOGUSER / PE_EPILOGUSER): o+rx is also required.
 USER_HOOKS = frozenset(
@@ -82,6 +112,7 @@ SISTER_EPILOGUES = ("epilogue.user.parallel", "epilogue.parallel")
 MS_EPILOGUES = ("epilogue.user", "epilogue")
 
 State = Literal["completed", "aborted", "requeued"]
+FileAction = Literal["written", "removed", "chowned"]
 
 
 # ---------------------------------------------------------------------------- users
@@ -273,8 +304,20 @@ class Job:
     """A submitted job. ``payload`` is what runs as the job.
 
     - None: the job script itself, fed on stdin to the owner's login shell, as pbs_mom does;
-    - a command (argv): run as the owner in the job's environment, output to .OU/.ER;
+      for ``interactive``, the owner's login shell on the session's terminal (``site.terminal``)
+      with ``script`` as what the user types, or ``-<shell> -c <inter_cmd>`` for ``-x``;
+    - a command (argv): run as the owner in the job's environment, output to .OU/.ER (the
+      terminal for an interactive job);
     - a callable: called in the test process with a JobContext; it returns the exit status.
+
+    ``variables`` are the ``qsub -v`` variables, in order. They reach the job's ``.JB`` files
+    and the job's environment inside ``Variable_List``, whose entries Torque
+    joins with bare commas: a value with a comma comes back split (``{"OTHER": "a,b"}`` reads
+    ``OTHER=a,b=``, i.e. OTHER=a and b=, as seen for ``qsub -v 'OTHER=a\\,b'``).
+
+    ``interactive`` is ``qsub -I``; ``inter_cmd`` its ``-x PATH``: a file on the MS, run by the
+    owner's login shell (not a command line, and not shipped from the submit host); the job's
+    name then defaults to its basename, else to ``STDIN``.
     """
 
     user: JobUser
@@ -292,11 +335,23 @@ class Job:
     interactive: bool = False
     payload: JobPayload = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    variables: dict[str, str] = field(default_factory=dict)
+    inter_cmd: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.interactive and self.inter_cmd is not None and self.name == "STDIN":
+            self.name = Path(self.inter_cmd).name
 
     @property
     def seq(self) -> str:
         """The numeric part of the job id (used in the delivered output names)."""
         return self.jobid.split(".", 1)[0]
+
+    @property
+    def server(self) -> str:
+        """The pbs_server host: the job id's suffix (``vm`` for ``14.vm``)."""
+        _, _, suffix = self.jobid.partition(".")
+        return suffix or "vm"
 
     @property
     def o_workdir(self) -> Path:
@@ -310,11 +365,49 @@ class Job:
         nodes = f"{self.nodes}:ppn={self.ppn}"
         return f"nodes={nodes},walltime={self.walltime},neednodes={nodes}"
 
+    def resource_items(self) -> list[tuple[str, str]]:
+        """``resources()`` as (name, value) pairs, in order."""
+        items = []
+        for item in self.resources().split(","):
+            name, _, value = item.partition("=")
+            if name:
+                items.append((name, value))
+        return items
+
     def nodes_spec(self) -> str | None:
         """PBS_RESOURCE_NODES; None when no nodes= resource was requested or defaulted."""
         if self.resource_nodes == "":
             return f"{self.nodes}:ppn={self.ppn}"
         return self.resource_nodes
+
+    def variable_entries(self) -> list[str]:
+        """The server's ``Variable_List`` entries: qsub's PBS_O_* around the ``-v`` ones."""
+        user = self.user
+        head = [
+            f"PBS_O_QUEUE={self.queue}",
+            f"PBS_O_HOME={user.home}",
+            f"PBS_O_LOGNAME={user.name}",
+            f"PBS_O_PATH={SUBMIT_PATH}",
+            f"PBS_O_SHELL={user.shell}",
+            f"PBS_O_LANG={HOOK_LANG}",
+        ]
+        given = []
+        for key, value in self.variables.items():
+            given += [p if "=" in p else f"{p}=" for p in f"{key}={value}".split(",")]
+        tail = [
+            f"PBS_O_WORKDIR={self.o_workdir}",
+            f"PBS_O_HOST={self.server}",
+            f"PBS_O_SERVER={self.server}",
+        ]
+        return head + given + tail
+
+    def variable_list(self) -> str:
+        """``Variable_List`` as the .JB and qstat show it: the entries joined by bare commas."""
+        return ",".join(self.variable_entries())
+
+    def variable_env(self) -> dict[str, str]:
+        """``Variable_List`` as environment variables of the job."""
+        return dict(entry.partition("=")[::2] for entry in self.variable_entries())
 
 
 # ----------------------------------------------------------------------- results
@@ -346,9 +439,24 @@ class HookRun:
         return self.ended - self.started
 
 
+@dataclass(frozen=True)
+class FileEvent:
+    """pbs_mom writing, chowning or removing one job file (``when`` is time.monotonic())."""
+
+    when: float
+    node: str
+    action: FileAction
+    path: Path
+    inode: int = 0
+
+
 @dataclass
 class StartRecord:
-    """One start of the job (the scheduler's run request and its consequences)."""
+    """One start of the job (the scheduler's run request and its consequences).
+
+    ``deleted`` is a ``qdel`` during this start (of the running job, or during the MS
+    prologue); ``files`` are the job files the moms wrote, chowned and removed, in order.
+    """
 
     number: int
     hooks: list[HookRun] = field(default_factory=list)
@@ -359,6 +467,11 @@ class StartRecord:
     precancel: HookRun | None = None
     stdout_text: str = ""
     stderr_text: str = ""
+    files: list[FileEvent] = field(default_factory=list)
+    session_id: int = 0
+    stdout_path: Path | None = None
+    stderr_path: Path | None = None
+    delivered: bool = False
 
 
 @dataclass
@@ -391,6 +504,15 @@ class Outcome:
         """(node, hook) of the hooks that really ran in one start, in the order they began."""
         return [(h.node, h.hook) for h in self.hooks(start=start) if h.ran]
 
+    def files(self, suffix: str | None = None, node: str | None = None) -> list[FileEvent]:
+        """File events of every start, in order, optionally of one suffix (``.JB``) or node."""
+        events = [e for rec in self.starts for e in rec.files]
+        if suffix is not None:
+            events = [e for e in events if e.path.suffix == suffix]
+        if node is not None:
+            events = [e for e in events if e.node == node]
+        return sorted(events, key=lambda e: e.when)
+
 
 # ------------------------------------------------------------------------- moms
 
@@ -405,15 +527,25 @@ class Identity:
 
 
 class Mom:
-    """One simulated node: a pbs_mom with its own PBS_HOME."""
+    """One simulated node: a pbs_mom with its own PBS_HOME.
 
-    def __init__(self, name: str, home: Path) -> None:
+    ``port`` is its manager port (``pbs_mom -R``). In multi-mom mode the job files carry it:
+    ``jobs/14.vm15003.SC`` on the mom with port 15003; otherwise ``jobs/14.vm.SC``.
+    """
+
+    def __init__(
+        self, name: str, home: Path, port: int = MOM_MANAGER_PORT, *, multi_mom: bool = False
+    ) -> None:
         self.name = name
         self.home = home
+        self.port = port
+        self.multi_mom = multi_mom
         self.mom_priv = home / "mom_priv"
         self.jobs = self.mom_priv / "jobs"
         self.aux = home / "aux"
         self.spool = home / "spool"
+        self._blocked = 0
+        self._lock = threading.Lock()
 
     def create(self) -> None:
         """Lay out PBS_HOME with the modes a Torque install uses."""
@@ -431,8 +563,17 @@ class Mom:
     def hook(self, name: str) -> Path:
         return self.mom_priv / name
 
+    def stem(self, jobid: str) -> str:
+        """The job files' name without suffix: the job id, plus the port in multi-mom mode."""
+        return f"{jobid}{self.port}" if self.multi_mom else jobid
+
     def script(self, jobid: str) -> Path:
-        return self.jobs / f"{jobid}.SC"
+        """Hook argv 8 (epilogue argv 11). Only a batch job's MS has this file."""
+        return self.jobs / f"{self.stem(jobid)}.SC"
+
+    def record(self, jobid: str) -> Path:
+        """The job's ``.JB``: the job as this mom saved it (XML)."""
+        return self.jobs / f"{self.stem(jobid)}.JB"
 
     def nodefile(self, jobid: str) -> str:
         """PBS_NODEFILE exactly as pbs_mom spells it (path_aux ends in '/': a double slash)."""
@@ -443,6 +584,22 @@ class Mom:
 
     def err(self, jobid: str) -> Path:
         return self.spool / f"{jobid}.ER"
+
+    def answers(self) -> bool:
+        """Whether this mom would answer ``momctl -d`` now: not while it runs a sister
+        prologue, which pbs_mom does synchronously in its main process."""
+        with self._lock:
+            return self._blocked == 0
+
+    @contextlib.contextmanager
+    def blocked(self) -> Iterator[None]:
+        with self._lock:
+            self._blocked += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._blocked -= 1
 
 
 def _write_root_file(path: Path, text: str, mode: int) -> None:
@@ -459,6 +616,22 @@ def _touch_owned(path: Path, user: JobUser) -> None:
     os.close(fd)
 
 
+# ------------------------------------------------------------------- XML documents
+
+
+def xml_escape(text: str) -> str:
+    """``appendEscapedXML()``: how pbs_mom escapes values in a ``.JB`` (source)."""
+    for char, entity in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&quot;")):
+        text = text.replace(char, entity)
+    return text.replace("'", "&apos;")
+
+
+def _exec_host(moms: Sequence[Mom], ppn: int) -> str:
+    """``exec_host``: the MS first, ``tqn2/0+tqn1/0`` (``vm/0-1`` for ppn=2)."""
+    slots = "0" if ppn == 1 else f"0-{ppn - 1}"
+    return "+".join(f"{mom.name}/{slots}" for mom in moms)
+
+
 # -------------------------------------------------------------------------- site
 
 
@@ -466,6 +639,19 @@ class TorqueSite:
     """Several pbs_moms on one host, plus the bit of pbs_server/pbs_sched that starts jobs.
 
     ``moms[0]`` is the mother superior of every job; a job on N nodes uses ``moms[:N]``.
+
+    Options:
+
+    - ``multi_mom``: name job files as multi-mom pbs_moms do, ``<jobid><port>.SC/.JB`` with
+      each mom's own manager port (``mom_ports``, by default 15003, 15013, ...); otherwise
+      ``<jobid>.SC/.JB``, as one pbs_mom per host does (every port 15003 then);
+    - ``ms_jb_before_prologue``: the MS saves its ``.JB`` when it gets the job (seen on a mom
+      that had just run jobs); by default only after its prologues return (seen for the first
+      job after an idle spell, and for interactive jobs), the worse case for a prologue;
+    - ``sister_has_script``: kept for old callers; only False is accepted (a sister never
+      receives the script).
+
+    ``terminal`` is the file standing for an interactive qsub's terminal.
     """
 
     def __init__(
@@ -475,22 +661,43 @@ class TorqueSite:
         *,
         prologalarm: int = DEFAULT_PROLOGALARM,
         kill_delay: float = 2.0,
-        sister_has_script: bool = True,
+        sister_has_script: bool = False,
+        multi_mom: bool = False,
+        ms_jb_before_prologue: bool = False,
+        mom_ports: Sequence[int] | None = None,
     ) -> None:
+        if sister_has_script:
+            raise ValueError("a Torque sister never receives the job script")
         names = [f"n{i}" for i in range(nodes)] if isinstance(nodes, int) else list(nodes)
         self.root = root
         self.prologalarm = prologalarm
         self.kill_delay = kill_delay
-        self.sister_has_script = sister_has_script
+        self.multi_mom = multi_mom
+        self.ms_jb_before_prologue = ms_jb_before_prologue
         self._qdel_after: float | None = None
         self.terminal = root / "terminal.log"  # what an interactive qsub -I would show
-        self.moms = [Mom(name, root / name) for name in names]
+        if mom_ports is None:
+            step = 10 if multi_mom else 0
+            mom_ports = [MOM_MANAGER_PORT + step * i for i in range(len(names))]
+        self.moms = [
+            Mom(name, root / name, port, multi_mom=multi_mom)
+            for name, port in zip(names, mom_ports, strict=True)
+        ]
         for mom in self.moms:
             mom.create()
+        self._purged = root / "purged"  # removed .JB files live on here: no inode is reused
+        self._counter = itertools.count()
+        self._cookies: dict[str, str] = {}
+        self._make_server()
 
     @property
     def timeout(self) -> int:
         return hook_timeout(self.prologalarm)
+
+    def _make_server(self) -> None:
+        self._purged.mkdir(parents=True, exist_ok=True)
+        os.chown(self._purged, 0, 0)
+        self._purged.chmod(0o700)
 
     # -- hooks ---------------------------------------------------------------
 
@@ -536,7 +743,11 @@ class TorqueSite:
         return env
 
     def hook_argv(self, hook: str, job: Job, mom: Mom, tail: Sequence[str]) -> list[str]:
-        """argv of a hook: 8 for a prologue, 11 for an epilogue (``tail`` = args 5, 7, 10)."""
+        """argv of a hook: 8 for a prologue, 11 for an epilogue (``tail`` = args 5, 7, 10).
+
+        The last argument names this mom's ``.SC`` whether it exists or not: it does only on
+        the MS of a batch job.
+        """
         head = [str(mom.hook(hook)), job.jobid, job.user.name, job.user.group, job.name]
         script = str(mom.script(job.jobid))
         if hook.startswith("prologue"):
@@ -603,11 +814,17 @@ class TorqueSite:
 
     @contextlib.contextmanager
     def _outputs(self, run: HookRun, job: Job, mom: Mom) -> Iterator[tuple[IO[bytes], IO[bytes]]]:
-        """stdout/stderr of a hook: the job's files on the MS, /dev/null or the sister spool."""
+        """stdout/stderr of a hook: the job's files on the MS, /dev/null or the sister spool.
+
+        An interactive job's MS prologues write to the user's terminal (observed); its
+        epilogues to /dev/null (run_epilogues() uses PE_IO_TYPE_NULL for them: source).
+        """
         if run.hook == "epilogue.precancel" or run.hook in SISTER_PROLOGUES:
             paths = (Path(os.devnull), Path(os.devnull))
-        elif job.interactive and run.nodenum == 0:
+        elif job.interactive and run.nodenum == 0 and run.hook in MS_PROLOGUES:
             paths = (self.terminal, self.terminal)
+        elif job.interactive:
+            paths = (Path(os.devnull), Path(os.devnull))
         else:
             paths = (mom.out(job.jobid), mom.err(job.jobid))
         with open(paths[0], "ab") as out, open(paths[1], "ab") as err:
@@ -632,89 +849,329 @@ class TorqueSite:
             return PELOG_TIMEOUT, True
         return (code if code >= 0 else 0), False
 
-    # -- a start -------------------------------------------------------------
+    # -- job files -----------------------------------------------------------
 
-    def _stage(self, job: Job) -> None:
-        """What the moms hold before the prologues: scripts, node file, spool files."""
+    def _event(self, rec: StartRecord, mom: Mom, action: FileAction, path: Path) -> None:
+        inode = path.stat().st_ino if action != "removed" else 0
+        rec.files.append(FileEvent(time.monotonic(), mom.name, action, path, inode))
+
+    def job_record(self, job: Job, nodenum: int, phase: str = "joined") -> str:
+        """The ``.JB`` text a mom saves, shaped like the observed ones (torque_samples/):
+        ``<?xml version="1.0"?>`` then ``<job>`` with the ``<attributes>`` section, values
+        escaped as appendEscapedXML() does. ``phase`` (joined, running, exiting) changes only
+        the state fields: later saves were seen to differ (their size grew), not how."""
+        ms = nodenum == 0
+        now = str(int(time.time()))
+        user = job.user
         hosts = self.moms[: job.nodes]
-        for nodenum, mom in enumerate(hosts):
-            if nodenum == 0 or self.sister_has_script:
-                _write_root_file(mom.script(job.jobid), job.script, 0o700)
+        state = {"joined": "T", "running": "R", "exiting": "E"}[phase]
+        out_path, err_path = self._output_paths(job)
+
+        def attr(name: str, flags: int, value: str) -> str:
+            return f'    <{name} flags="{flags}">{xml_escape(value)}</{name}>\n'
+
+        attrs = [
+            attr("Job_Name", 3, job.name),
+            attr("Job_Owner", 3, f"{user.name}@localhost"),
+            attr("job_state", 1 if ms else 3, state),
+            attr("queue", 3, job.queue),
+            attr("server", 3, job.server),
+        ]
+        if job.account:
+            attrs.append(attr("Account_Name", 3, job.account))
+        attrs += [
+            attr("Checkpoint", 3, "u"),
+            attr("Error_Path", 3, err_path),
+            attr("exec_host", 3, _exec_host(hosts, job.ppn)),
+            attr("exec_port", 3, "+".join(str(mom.port) for mom in hosts)),
+        ]
+        if job.interactive:
+            attrs.append(attr("interactive", 3, "40001"))  # qsub's port: a long (source)
+        attrs += [
+            attr("Join_Path", 3, "n"),
+            attr("Keep_Files", 3, "n"),
+            attr("mtime", 1 if ms else 3, now),
+            attr("Output_Path", 3, out_path),
+            "    <Resource_List>\n",
+            *(f"  {attr(k, 3, v)}" for k, v in job.resource_items()),
+            "    </Resource_List>\n",
+            attr("Variable_List", 3, job.variable_list()),
+            attr("euser", 3, user.name),
+            attr("egroup", 7 if ms else 3, user.group),
+            attr("hashname", 3, job.jobid),
+            attr("cookie", 1 if ms else 3, self._cookie(job)),
+            attr("start_time", 3, now),
+            attr("fault_tolerant", 3, "0"),
+        ]
+        if job.interactive and job.inter_cmd is not None:
+            attrs.append(attr("inter_cmd", 3, job.inter_cmd))
+        attrs += [attr("job_radix", 3, "0"), attr("request_version", 3, "1")]
+        substate = {"joined": "40", "running": "42", "exiting": "50"}[phase]
+        head = [
+            ("version", "131842"),
+            ("state", "4" if ms else "0"),
+            ("substate", substate),
+            ("server_flags", "65569" if ms else "65536"),
+            ("start_time", "0" if ms else now),
+            ("jobid", job.jobid),
+            ("fileprefix", job.jobid),
+            ("queue", ""),
+            ("destination_queue", ""),
+            ("record_type", "3"),
+            ("svr_addr", "2130706433" if ms else "0"),
+            ("exit_status", "0"),
+            ("execution_uid", str(user.uid)),
+            ("execution_gid", str(user.gid)),
+        ]
+        lines = ['<?xml version="1.0"?>\n', "<job>\n"]
+        lines += [f"  <{k}>{v}</{k}>\n" if v else f"  <{k}/>\n" for k, v in head]
+        lines += ["  <attributes>\n", *attrs, "  </attributes>\n"]
+        tail = [
+            ("socket_stdout", "9" if ms else "0"),
+            ("socket_stderr", "10" if ms else "0"),
+            ("taskid", "1"),
+            ("nodeid", str(nodenum)),
+        ]
+        lines += [f"  <{k}>{v}</{k}>\n" for k, v in tail]
+        return "".join([*lines, "</job>\n"])
+
+    def _cookie(self, job: Job) -> str:
+        return self._cookies.setdefault(job.jobid, secrets.token_hex(16).upper())
+
+    def _output_paths(self, job: Job) -> tuple[str, str]:
+        """Output_Path and Error_Path: host:path of the delivered files, or the terminal."""
+        if job.interactive:
+            return str(self.terminal), str(self.terminal)
+        base = f"{job.server}:{job.o_workdir}/{job.name}"
+        return f"{base}.o{job.seq}", f"{base}.e{job.seq}"
+
+    def _save_record(self, job: Job, nodenum: int, rec: StartRecord, phase: str) -> None:
+        """job_save(): write ``<stem>.CP``, unlink ``.JB``, link the copy to ``.JB``, unlink
+        the copy (job_recov.c). Every save is a new inode; the name is briefly absent."""
+        mom = self.moms[nodenum]
+        path = mom.record(job.jobid)
+        copy = path.with_suffix(".CP")
+        _write_root_file(copy, self.job_record(job, nodenum, phase), 0o644)
+        if path.exists():
+            self._bury(path)
+        os.link(copy, path)
+        copy.unlink()
+        self._event(rec, mom, "written", path)
+
+    def _remove_record(self, job: Job, nodenum: int, rec: StartRecord) -> None:
+        mom = self.moms[nodenum]
+        path = mom.record(job.jobid)
+        if path.exists():
+            self._bury(path)
+            self._event(rec, mom, "removed", path)
+
+    def _bury(self, path: Path) -> None:
+        """Unlink ``path`` but keep its inode allocated, so that no later .JB reuses it (a
+        restarted job's new .JB had a new inode when observed)."""
+        os.link(path, self._purged / f"{next(self._counter)}{path.suffix}")
+        path.unlink()
+
+    def _stage(self, job: Job, rec: StartRecord) -> None:
+        """What the moms hold before the prologues: the MS's script (root 0700; none for an
+        interactive job), node file and spool files; the sisters' spool files only."""
+        hosts = self.moms[: job.nodes]
+        ms = hosts[0]
+        for mom in hosts:
             for path in (mom.out(job.jobid), mom.err(job.jobid)):
                 path.unlink(missing_ok=True)
                 _touch_owned(path, job.user)
+        if not job.interactive:
+            _write_root_file(ms.script(job.jobid), job.script, 0o700)
+            self._event(rec, ms, "written", ms.script(job.jobid))
         lines = "".join(f"{mom.name}\n" * job.ppn for mom in hosts)
-        _write_root_file(self.moms[0].aux / job.jobid, lines, 0o644)
+        _write_root_file(ms.aux / job.jobid, lines, 0o644)
+        if self.ms_jb_before_prologue:
+            self._save_record(job, 0, rec, "joined")
 
-    def _purge(self, job: Job, rec: StartRecord) -> None:
-        """Job end on every mom: keep the MS output text in the record, drop job files."""
+    def _give_script_to_owner(self, job: Job, rec: StartRecord) -> None:
+        """TMomFinalizeJob2(): the MS chowns the script to the job user before the prologue."""
         ms = self.moms[0]
-        rec.stdout_text = ms.out(job.jobid).read_text(errors="replace")
-        rec.stderr_text = ms.err(job.jobid).read_text(errors="replace")
-        for mom in self.moms[: job.nodes]:
-            mom.script(job.jobid).unlink(missing_ok=True)
+        script = ms.script(job.jobid)
+        if not job.interactive and script.exists():
+            os.chown(script, job.user.uid, job.user.gid)
+            script.chmod(0o700)
+            self._event(rec, ms, "chowned", script)
+
+    def _purge_sisters(self, job: Job, rec: StartRecord) -> None:
+        for nodenum in range(1, job.nodes):
+            self._remove_record(job, nodenum, rec)
+
+    def _purge_ms(self, job: Job, rec: StartRecord) -> None:
+        """Job end on the MS: keep the output in the record, drop the job files."""
+        ms = self.moms[0]
+        if job.interactive:
+            rec.stdout_path = rec.stderr_path = self.terminal
+            self.terminal.touch()
+        else:
+            rec.stdout_path, rec.stderr_path = ms.out(job.jobid), ms.err(job.jobid)
+        rec.stdout_text = rec.stdout_path.read_text(errors="replace")
+        rec.stderr_text = rec.stderr_path.read_text(errors="replace")
+        script = ms.script(job.jobid)
+        if script.exists():
+            script.unlink()
+            self._event(rec, ms, "removed", script)
+        self._remove_record(job, 0, rec)
         (ms.aux / job.jobid).unlink(missing_ok=True)
 
-    def _parallel(self, hooks: Sequence[str], job: Job, tail: Sequence[str] = ()) -> list[HookRun]:
-        """Run a chain of hooks on every sister, the sisters concurrently."""
+    def _deliver(self, job: Job, rec: StartRecord) -> None:
+        """Copy the MS spool files to the work dir as the owner's (``$usecp``: cp, unlink)."""
+        if job.interactive or rec.stdout_path is None or rec.stderr_path is None:
+            return
+        base = job.o_workdir / job.name
+        rec.stdout_path = _copy_out(rec.stdout_path, Path(f"{base}.o{job.seq}"), job.user)
+        rec.stderr_path = _copy_out(rec.stderr_path, Path(f"{base}.e{job.seq}"), job.user)
+        rec.delivered = True
 
-        def chain(nodenum: int) -> list[HookRun]:
+    # -- a start -------------------------------------------------------------
+
+    def _sister_prologues(self, job: Job, rec: StartRecord) -> bool:
+        """im_join_job_as_sister() on every sister, concurrently: the prologues inside the
+        blocked mom, then (on success) the first save of the sister's ``.JB``. A sister whose
+        prologue failed purges the job at once and never writes one (source)."""
+
+        def join(nodenum: int) -> list[HookRun]:
             runs = []
-            for hook in hooks:
-                runs.append(self.run_hook(hook, job, nodenum, tail))
-                if runs[-1].rc != 0 and hook.startswith("prologue"):
-                    break
+            with self.moms[nodenum].blocked():
+                for hook in SISTER_PROLOGUES:
+                    runs.append(self.run_hook(hook, job, nodenum))
+                    if runs[-1].rc != 0:
+                        return runs
+            time.sleep(SISTER_JB_DELAY)
+            self._save_record(job, nodenum, rec, "joined")
             return runs
 
         sisters = range(1, job.nodes)
         if not sisters:
-            return []
+            return True
         with ThreadPoolExecutor(max_workers=len(sisters)) as pool:
-            return [run for runs in pool.map(chain, sisters) for run in runs]
+            runs = [run for chain in pool.map(join, sisters) for run in chain]
+        rec.hooks += runs
+        return all(run.rc == 0 for run in runs)
 
-    def _prologues(self, job: Job, rec: StartRecord) -> int:
-        """Sister prologues, then the MS ones. Returns the exit status if the start fails."""
-        sister_runs = self._parallel(SISTER_PROLOGUES, job)
-        rec.hooks += sister_runs
-        if any(run.rc != 0 for run in sister_runs):
-            return JOB_EXEC_RETRY
-        for hook in MS_PROLOGUES:
-            run = self.run_hook(hook, job, 0)
-            rec.hooks.append(run)
-            if run.rc == 0:
-                continue
-            if run.rc == 1 or job.interactive:
-                return JOB_EXEC_FAIL2
-            return JOB_EXEC_RETRY_PROLOGUE
-        return 0
+    def _sister_epilogues(
+        self, job: Job, rec: StartRecord, tail: Sequence[str], *, purge: bool = True
+    ) -> None:
+        """Job end on every sister, concurrently: it re-saves its ``.JB`` (its size grew by
+        then when observed), runs ``epilogue.user.parallel`` and ``epilogue.parallel`` (their
+        failures are ignored), then (``purge``) removes the ``.JB``."""
 
-    def _epilogues(self, job: Job, rec: StartRecord, sid: int, walltime: float) -> None:
-        used = _resources_used(walltime)
-        tail = (str(sid), used, str(rec.exit_status))
-        rec.hooks += self._parallel(SISTER_EPILOGUES, job, tail)
+        def end(nodenum: int) -> list[HookRun]:
+            self._save_record(job, nodenum, rec, "exiting")
+            runs = [self.run_hook(hook, job, nodenum, tail) for hook in SISTER_EPILOGUES]
+            if purge:
+                self._remove_record(job, nodenum, rec)
+            return runs
+
+        sisters = range(1, job.nodes)
+        if not sisters:
+            return
+        with ThreadPoolExecutor(max_workers=len(sisters)) as pool:
+            rec.hooks += [run for chain in pool.map(end, sisters) for run in chain]
+
+    def _ms_epilogues(self, job: Job, rec: StartRecord, tail: Sequence[str]) -> None:
+        """``epilogue.user`` and ``epilogue`` on the MS; its ``.JB`` exists by then (always
+        seen there, also when it was missing during the prologue)."""
+        self._save_record(job, 0, rec, "exiting")
         for hook in MS_EPILOGUES:
             rec.hooks.append(self.run_hook(hook, job, 0, tail))
 
-    def start(self, job: Job, number: int) -> StartRecord:
-        """One start: prologues, the job if they allow it, the epilogues, the purge."""
+    def _ms_prologues(self, job: Job, rec: StartRecord, qdel_after: float | None) -> int:
+        """``prologue`` and ``prologue.user`` on the MS. Returns the start's failure status,
+        or 0 (also when a qdel ended the job during them: ``rec.deleted``)."""
+        deadline = None if qdel_after is None else time.monotonic() + qdel_after
+        began = time.monotonic()
+        for hook in MS_PROLOGUES:
+            run = self._ms_prologue(hook, job, rec, deadline, began)
+            rec.hooks.append(run)
+            if rec.deleted:
+                return 0
+            if run.rc == 0:
+                continue
+            return JOB_EXEC_FAIL2 if run.rc == 1 or job.interactive else JOB_EXEC_RETRY_PROLOGUE
+        return 0
+
+    def _ms_prologue(
+        self, hook: str, job: Job, rec: StartRecord, deadline: float | None, began: float
+    ) -> HookRun:
+        if deadline is None:
+            return self.run_hook(hook, job, 0)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            future = pool.submit(self.run_hook, hook, job, 0)
+            try:
+                return future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                self._delete_during_prologue(job, rec, time.monotonic() - began)
+                return future.result()
+
+    def _delete_during_prologue(self, job: Job, rec: StartRecord, elapsed: float) -> None:
+        """qdel while the MS prologue runs, as observed: pbs_mom gives up waiting for the job
+        ("job not ready after 5 second timeout") and kills it around the prologue, which is not
+        signalled: sister epilogues, epilogue.precancel, sister purge, MS epilogues (argv 10
+        = 0 everywhere, session id 0), purge and delivery. The job ends C with status 0."""
+        rec.deleted = True
+        used = _resources_used(elapsed)
+        self._sister_epilogues(job, rec, ("0", used, "0"), purge=False)
+        rec.precancel = self.run_precancel(job, 0)
+        rec.hooks.append(rec.precancel)
+        self._purge_sisters(job, rec)
+        self._ms_epilogues(job, rec, ("0", used, "0"))
+        rec.exit_status = 0
+        self._purge_ms(job, rec)
+        self._deliver(job, rec)
+
+    def _failed_start(self, job: Job, rec: StartRecord, status: int, delay: float) -> None:
+        """The start failed: sisters purge without any hook, the MS runs its epilogues (session
+        id 0, no resources used) and purges; the output stays in the spool."""
+        rec.exit_status = status
+        time.sleep(delay)
+        self._purge_sisters(job, rec)
+        self._ms_epilogues(job, rec, ("0", "", str(status)))
+        self._purge_ms(job, rec)
+
+    def start(
+        self, job: Job, number: int, *, qdel_during_prologue_after: float | None = None
+    ) -> StartRecord:
+        """One start: the moms' files, the prologues, the job if they allow it, the epilogues,
+        the purge (see the module docstring). ``qdel_during_prologue_after``: seconds after
+        the MS prologues began at which a qdel ends the job if they still run."""
         if job.nodes > len(self.moms):
             raise ValueError(f"job wants {job.nodes} nodes, site has {len(self.moms)}")
         rec = StartRecord(number)
-        self._stage(job)
         began = time.monotonic()
-        rec.exit_status = self._prologues(job, rec)
-        sid = 0
-        if rec.exit_status == 0:
-            sid = self._run_job(job, rec)
-            rec.exit_status = rec.job_exit if rec.job_exit is not None else 0
-        self._epilogues(job, rec, sid, time.monotonic() - began)
-        self._purge(job, rec)
+        self._stage(job, rec)
+        if not self._sister_prologues(job, rec):
+            # The MS bails (exec_bail): the other sisters get IM_ABORT_JOB. The MS had set
+            # "prologues ran" before joining them, so its epilogues do run (source).
+            self._failed_start(job, rec, JOB_EXEC_RETRY, ABORT_PURGE_DELAY)
+            return rec
+        self._give_script_to_owner(job, rec)
+        status = self._ms_prologues(job, rec, qdel_during_prologue_after)
+        if rec.deleted:
+            return rec
+        if status != 0:
+            delay = ABORT_PURGE_DELAY if status == JOB_EXEC_FAIL2 else REQUEUE_PURGE_DELAY
+            self._failed_start(job, rec, status, delay)
+            return rec
+        self._save_record(job, 0, rec, "running")
+        sid = rec.session_id = self._run_job(job, rec)
+        rec.exit_status = rec.job_exit if rec.job_exit is not None else 0
+        used = _resources_used(time.monotonic() - began)
+        self._sister_epilogues(job, rec, ("0", used, str(rec.exit_status)))
+        self._ms_epilogues(job, rec, (str(sid), used, str(rec.exit_status)))
+        self._purge_ms(job, rec)
+        self._deliver(job, rec)
         return rec
 
     # -- the job itself ----------------------------------------------------------
 
     def job_env(self, job: Job) -> dict[str, str]:
-        """The job's own environment (a subset of what pbs_mom sets; no hook variables)."""
+        """The job's own environment (a subset of what pbs_mom sets; no hook variables):
+        ``Variable_List`` (PBS_O_* and the -v variables) and the PBS_* of the job."""
         user = job.user
         env = {
             "HOME": str(user.home),
@@ -723,6 +1180,7 @@ class TorqueSite:
             "SHELL": user.shell,
             "PATH": HOOK_PATH,
             "LANG": HOOK_LANG,
+            **job.variable_env(),
             "PBS_ENVIRONMENT": "PBS_INTERACTIVE" if job.interactive else "PBS_BATCH",
             "PBS_JOBID": job.jobid,
             "PBS_JOBNAME": job.name,
@@ -739,7 +1197,10 @@ class TorqueSite:
         return env | job.extra_env
 
     def _run_job(self, job: Job, rec: StartRecord) -> int:
-        """Run the payload; fill ``rec``; return the job's session id (0 for a callable)."""
+        """Run the payload; fill ``rec``; return the job's session id (0 for a callable).
+
+        An interactive job that was not deleted ends with status 265, whatever ran in it.
+        """
         rec.ran_job = True
         if callable(job.payload):
             ms = self.moms[0]
@@ -750,22 +1211,38 @@ class TorqueSite:
             rec.deleted, rec.precancel = ctx.deleted, ctx.precancel
             rec.hooks += [ctx.precancel] if ctx.precancel else []
             rec.job_exit = 256 + signal.SIGTERM if ctx.deleted else code
-            return 0
-        proc = self._spawn_job(job, job.payload)
-        rec.job_exit = self._wait_job(job, proc, rec)
-        return proc.pid
+            sid = 0
+        else:
+            proc = self._spawn_job(job, job.payload)
+            rec.job_exit = self._wait_job(job, proc, rec)
+            sid = proc.pid
+        if job.interactive and not rec.deleted:
+            rec.job_exit = INTERACTIVE_EXIT_STATUS
+        return sid
 
     def _spawn_job(self, job: Job, command: Sequence[str] | None) -> subprocess.Popen[bytes]:
-        """Start the job as its owner in its own session, output to the MS spool files."""
+        """Start the job as its owner in its own session. Batch: output to the MS spool files,
+        the script on the login shell's stdin. Interactive: everything on the terminal."""
         ms, user = self.moms[0], job.user
-        if command is None:
-            argv = ["-" + Path(user.shell).name]
-            executable, stdin = user.shell, open(ms.script(job.jobid), "rb")  # noqa: SIM115
+        login = "-" + Path(user.shell).name
+        argv, executable = [login], user.shell
+        if job.interactive:
+            stdin_path = self.root / f"{job.jobid}.typed"  # what the user types
+            _write_root_file(stdin_path, job.script, 0o600)
+            out_path = err_path = self.terminal
+            if job.inter_cmd is not None:
+                argv = [login, "-c", job.inter_cmd]
         else:
-            argv = list(command)
-            executable, stdin = argv[0], open(os.devnull, "rb")  # noqa: SIM115
+            stdin_path = ms.script(job.jobid)
+            out_path, err_path = ms.out(job.jobid), ms.err(job.jobid)
+        if command is not None:
+            argv, executable, stdin_path = list(command), command[0], Path(os.devnull)
         cwd = user.home if user.home.is_dir() else Path("/")
-        with stdin, open(ms.out(job.jobid), "ab") as out, open(ms.err(job.jobid), "ab") as err:
+        with (
+            open(stdin_path, "rb") as stdin,
+            open(out_path, "ab") as out,
+            open(err_path, "ab") as err,
+        ):
             return subprocess.Popen(
                 argv,
                 executable=executable,
@@ -803,37 +1280,49 @@ class TorqueSite:
 
     # -- the scheduler loop ------------------------------------------------------
 
-    def run(self, job: Job, *, max_starts: int = 5, qdel_after: float | None = None) -> Outcome:
+    def run(
+        self,
+        job: Job,
+        *,
+        max_starts: int = 5,
+        qdel_after: float | None = None,
+        qdel_during_prologue_after: float | None = None,
+    ) -> Outcome:
         """Start ``job`` until it runs or is aborted; pbs_sched restarts a requeued job at once.
 
         ``max_starts`` bounds what is an endless loop in reality. ``qdel_after`` deletes a
         running command job after that many seconds (a callable job calls ``ctx.qdel()``).
+        ``qdel_during_prologue_after`` deletes the job that many seconds after its MS
+        prologues began if they still run (observed ~7 s after a qdel): the job ends around
+        the prologue, which runs on to its own end; the job never runs.
         """
         self._qdel_after = qdel_after
         starts: list[StartRecord] = []
         state: State = "requeued"
         while len(starts) < max_starts:
-            rec = self.start(job, len(starts))
+            rec = self.start(
+                job, len(starts), qdel_during_prologue_after=qdel_during_prologue_after
+            )
             starts.append(rec)
-            if rec.ran_job or rec.exit_status == JOB_EXEC_FAIL2:
-                state = "completed" if rec.ran_job else "aborted"
+            if rec.ran_job or rec.deleted or rec.exit_status == JOB_EXEC_FAIL2:
+                state = "aborted" if rec.exit_status == JOB_EXEC_FAIL2 else "completed"
                 break
         return self._finish(job, state, starts)
 
     def _finish(self, job: Job, state: State, starts: list[StartRecord]) -> Outcome:
-        """Deliver the output of a job that ran; an aborted job's output stays in the spool."""
+        """The outcome; an aborted or requeued job's output stays in the spool."""
+        last = starts[-1]
         ms = self.moms[0]
-        out, err = ms.out(job.jobid), ms.err(job.jobid)
-        delivered = state == "completed"
-        if delivered:
-            out = _deliver(out, job.o_workdir / f"{job.name}.o{job.seq}", job.user)
-            err = _deliver(err, job.o_workdir / f"{job.name}.e{job.seq}", job.user)
-        return Outcome(job.jobid, state, starts[-1].exit_status, starts, out, err, delivered)
+        out = last.stdout_path or ms.out(job.jobid)
+        err = last.stderr_path or ms.err(job.jobid)
+        return Outcome(job.jobid, state, last.exit_status, starts, out, err, last.delivered)
 
 
-def _deliver(src: Path, dst: Path, user: JobUser) -> Path:
-    shutil.move(src, dst)
+def _copy_out(src: Path, dst: Path, user: JobUser) -> Path:
+    shutil.copyfile(src, dst)
     os.chown(dst, user.uid, user.gid)
+    dst.chmod(0o600)
+    src.unlink()
     return dst
 
 
