@@ -6,9 +6,9 @@ runs the shell code the test gives it, the way an admin traces a real Torque. Th
 compare those records with the Torque 6.1 contract (DESIGN.md section 4, "Torque 6.1 hook
 contract" and "Torque corrections"; reference/batch.md 2.4-2.7b). Tests of a fact observed on
 the real Torque 6.1-dev on 2026-12-01 say which one ("fact N", as numbered in the harness brief:
-1 script owner, 2 sisters, 3 .JB content, 4 MS .JB timing, 6 blocking sister prologues,
-7 abort, 8 requeue, 9 normal end, 10 qdel during the prologue, 11 interactive, 12 the
-earlier contract).
+1 script owner, 2 sisters, 3 .JB content, 4 MS .JB timing, 5 qstat, 6 blocking sister
+prologues, 7 abort, 8 requeue, 9 normal end, 10 qdel during the prologue, 11 interactive,
+12 the earlier contract).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import subprocess
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -990,6 +991,96 @@ def test_ms_jb_before_the_prologue_as_an_option(
     assert (site.moms[1].home / "ms-jb").read_text() == "644\n"
 
 
+# ------------------------------------------------------------------------ qstat -x
+
+
+def test_qstat_answers_from_a_hook_on_any_node(
+    base: Path, stubs: Stubs, user: JobUser, workdir: Path
+) -> None:
+    """Fact 5: `qstat -f -x JOBID` by absolute path from a hook (PATH=/bin:/usr/bin) on the MS
+    and on a sister: the XML declaration, then one line with <Data><Job>...; an unknown job
+    id exits non-zero with 'qstat: Unknown Job Id ID'."""
+    site = make_site(base, stubs, nodes=2)
+    ask = f'"{site.qstat}" -f -x "$1" > ../qstat.out 2> ../qstat.err; echo $? > ../qstat.rc; '
+    ask += f'"{site.qstat}" -f -x 99.vm > ../unknown.out 2> ../unknown.err; echo $? > ../unknown.rc'
+    stubs.write("prologue.parallel", ask)
+    stubs.write("prologue", ask)
+    site.install_hooks(stubs.src)
+    st = site.qstat.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o755)
+    job = make_job(user, workdir, nodes=2, jobid="14.vm", variables={"VMW_REQUEST_V1": "abc"})
+    assert site.run(job).state == "completed"
+    want = expected_variable_list(user, workdir, "VMW_REQUEST_V1=abc")
+    for mom in site.moms:
+        home = mom.home
+        assert (home / "qstat.rc").read_text() == "0\n" and (home / "qstat.err").read_text() == ""
+        head, line, rest = (home / "qstat.out").read_text().split("\n")
+        assert (head, rest) == ('<?xml version="1.0"?>', "")
+        assert line.startswith("<Data><Job><Job_Id>14.vm</Job_Id>")
+        root = ET.fromstring(line)
+        assert root.findtext("Job/Variable_List") == want
+        assert root.findtext("Job/job_state") == "R"
+        assert root.findtext("Job/exec_host") == "n0/0+n1/0"
+        assert (home / "unknown.rc").read_text() != "0\n"
+        assert (home / "unknown.err").read_text() == "qstat: Unknown Job Id 99.vm\n"
+        assert (home / "unknown.out").read_text() == ""
+    done = subprocess.run(
+        [site.qstat, "-f", "-x", "14"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, "the server keeps completed jobs (keep_completed)"
+    root = ET.fromstring(done.stdout.split("\n")[1])
+    assert (root.findtext("Job/job_state"), root.findtext("Job/exit_status")) == ("C", "0")
+    usage = subprocess.run([site.qstat, "14.vm"], capture_output=True, text=True, check=False)
+    assert usage.returncode != 0, "only qstat -f -x JOBID is imitated"
+
+
+def test_qstat_has_the_shape_of_the_real_ones(base: Path, user: JobUser) -> None:
+    """Fact 5: element for element, `qstat -f -x` of a completed batch and interactive job
+    looks like the real output of jobs 14 and 29 (torque_samples/)."""
+    site = TorqueSite(base / "pbs", ("tqn2", "tqn1"))
+    batch = Job(
+        user=user,
+        script="#!/bin/sh\n",
+        jobid="14.vm",
+        name="tj.sh",
+        nodes=2,
+        resource_list="nodes=2:ppn=1,neednodes=2:ppn=1",
+        variables={"VMW_REQUEST_V1": "U27VVkTm3u0jR/ywHu7L"},
+    )
+    inter = Job(
+        user=user,
+        script="",
+        jobid="29.vm",
+        resource_list="nodes=1:ppn=1,neednodes=1:ppn=1",
+        interactive=True,
+        inter_cmd="/tmp/ix.sh",
+        variables={"VMW_REQUEST_V1": "abc"},
+    )
+    assert inter.name == "ix.sh", "-x names the job after the file"
+    cases = ((batch, 0, "qstat-f-x-14.vm.xml"), (inter, 265, "qstat-f-x-29.vm-interactive.xml"))
+    for job, status, sample in cases:
+        text = site.qstat_xml(job, "C", start_count=1, exit_status=status, session_id=4242)
+        real_text = (SAMPLES / sample).read_text()
+        assert text.count("\n") == real_text.count("\n") == 2
+        ours, real = ET.fromstring(text.split("\n")[1]), ET.fromstring(real_text.split("\n")[1])
+        assert skeleton(ours) == skeleton(real), sample
+        for tag in ("Job_Id", "Job_Name", "interactive", "inter_cmd", "Rerunable", "exit_status"):
+            assert ours.findtext(f"Job/{tag}") == real.findtext(f"Job/{tag}"), tag
+    assert inter.qsub_args() == "-I -l nodes=1:ppn=1 -v VMW_REQUEST_V1=abc -x /tmp/ix.sh"
+
+
+def test_qstat_prints_values_unescaped_like_mxml(base: Path, user: JobUser) -> None:
+    """Read in Torque's source (u_MXML.c), not observed: qstat -x writes values raw except
+    '<', which becomes byte 0x0E. A -v value with '&' makes the output ill-formed XML."""
+    site = TorqueSite(base / "pbs")
+    job = Job(user=user, script="", variables={"A": "x&y", "B": "p<q>r"})
+    site.publish(job, "Q")
+    proc = subprocess.run([site.qstat, "-f", "-x", "1.vm"], capture_output=True, check=True)
+    assert b",A=x&y,B=p\x0eq>r," in proc.stdout
+    with pytest.raises(ET.ParseError):
+        ET.fromstring(proc.stdout.split(b"\n")[1])
+
+
 # -------------------------------------------------------- sister prologues block
 
 
@@ -1195,7 +1286,8 @@ def test_interactive_x_runs_the_file_in_the_login_shell_on_the_terminal(
     """Fact 11: qsub -I -x PATH: no script on the mom (argv 8 names a .SC that does not
     exist), argv 4 is PATH's basename, the MS prologue writes to the terminal; the mom runs
     the login shell as `-<shell> -c PATH` on the terminal, with PBS_ENVIRONMENT=PBS_INTERACTIVE
-    and the -v variables; the job ends with exit status 265."""
+    and the -v variables; the job ends with exit status 265. Fact 5: qstat -f -x from that
+    prologue, which has neither script nor .JB, shows the job and its variables."""
     seen = base / "ix-seen"
     ix = base / "ix.sh"
     ix.write_text(
@@ -1208,9 +1300,10 @@ def test_interactive_x_runs_the_file_in_the_login_shell_on_the_terminal(
     ix.chmod(0o755)
     seen.touch()
     seen.chmod(0o666)
-    stubs.write("prologue", "echo prologue-out")
+    site = TorqueSite(base / "pbs")
+    stubs.write("prologue", f'echo prologue-out; "{site.qstat}" -f -x "$1" > ../qstat.out')
     stubs.write("epilogue", "echo epilogue-out")  # to /dev/null for -I (source: run_epilogues)
-    site = make_site(base, stubs)
+    site.install_hooks(stubs.src)
     variables = {"VMW_REQUEST_V1": "abc"}
     job = Job(user, "", workdir=workdir, interactive=True, inter_cmd=str(ix), variables=variables)
     assert job.name == "ix.sh"
@@ -1233,6 +1326,10 @@ def test_interactive_x_runs_the_file_in_the_login_shell_on_the_terminal(
     assert (env["HOME"], env["SHELL"]) == (str(user.home), user.shell)
     assert not out.delivered and list(workdir.iterdir()) == []
     assert out.files(".SC") == [], "no script on any mom"
+    asked = ET.fromstring((site.moms[0].home / "qstat.out").read_text().split("\n")[1])
+    assert asked.findtext("Job/interactive") == "True"
+    assert (asked.findtext("Job/inter_cmd"), asked.findtext("Job/job_state")) == (str(ix), "R")
+    assert ",VMW_REQUEST_V1=abc," in (asked.findtext("Job/Variable_List") or "")
 
 
 def test_interactive_without_x_is_stdin_and_runs_what_the_user_types(

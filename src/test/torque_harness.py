@@ -35,6 +35,9 @@ home for user hooks), stdin ``/dev/null``, its own session, the observed umask, 
 its whole session at ``prologalarm - 10`` seconds. Children a hook leaves behind are never
 killed at job end.
 
+The site also plays pbs_server for ``qstat -f -x JOBID``: ``site.qstat`` is a root-owned
+executable that answers from what the site knows about each job.
+
 It needs root: the hooks must be root-owned and user hooks run as the job owner.
 """
 
@@ -46,6 +49,7 @@ import itertools
 import os
 import pwd
 import secrets
+import shlex
 import shutil
 import signal
 import stat
@@ -84,6 +88,8 @@ SUBMIT_PATH = "/usr/local/bin:/usr/bin:/bin"  # PBS_O_PATH: qsub's PATH on the s
 SISTER_JB_DELAY = 0.002  # a sister saves its .JB ~2 ms after prologue.parallel returned
 ABORT_PURGE_DELAY = 0.006  # sisters remove their .JB ~6 ms after an abort (MS prologue exit 1)
 REQUEUE_PURGE_DELAY = 0.04  # ... and ~40 ms after a requeue (MS prologue exit 2)
+
+QSTAT_UNKNOWN_JOB_EXIT = 153  # exit(PBSE_UNKJOBID = 15001), i.e. 15001 & 255 (source: qstat.c)
 
 # Hooks that run as the job owner (PE_PROLOGUSER / PE_EPILOGUSER): o+rx is also required.
 USER_HOOKS = frozenset(
@@ -310,14 +316,15 @@ class Job:
       terminal for an interactive job);
     - a callable: called in the test process with a JobContext; it returns the exit status.
 
-    ``variables`` are the ``qsub -v`` variables, in order. They reach the job's ``.JB`` files
-    and the job's environment inside ``Variable_List``, whose entries Torque
+    ``variables`` are the ``qsub -v`` variables, in order. They reach the job's ``.JB`` files,
+    ``qstat -f -x`` and the job's environment inside ``Variable_List``, whose entries Torque
     joins with bare commas: a value with a comma comes back split (``{"OTHER": "a,b"}`` reads
     ``OTHER=a,b=``, i.e. OTHER=a and b=, as seen for ``qsub -v 'OTHER=a\\,b'``).
 
     ``interactive`` is ``qsub -I``; ``inter_cmd`` its ``-x PATH``: a file on the MS, run by the
     owner's login shell (not a command line, and not shipped from the submit host); the job's
-    name then defaults to its basename, else to ``STDIN``.
+    name then defaults to its basename, else to ``STDIN``. ``submit_args`` is what qstat shows
+    as such (built from the other fields when None).
     """
 
     user: JobUser
@@ -337,6 +344,7 @@ class Job:
     extra_env: dict[str, str] = field(default_factory=dict)
     variables: dict[str, str] = field(default_factory=dict)
     inter_cmd: str | None = None
+    submit_args: str | None = None
 
     def __post_init__(self) -> None:
         if self.interactive and self.inter_cmd is not None and self.name == "STDIN":
@@ -408,6 +416,21 @@ class Job:
     def variable_env(self) -> dict[str, str]:
         """``Variable_List`` as environment variables of the job."""
         return dict(entry.partition("=")[::2] for entry in self.variable_entries())
+
+    def qsub_args(self) -> str:
+        """``submit_args``: given, or what the qsub command line would have been."""
+        if self.submit_args is not None:
+            return self.submit_args
+        args = ["-I"] if self.interactive else []
+        args += ["-l", f"nodes={self.nodes}:ppn={self.ppn}"]
+        if self.variables:
+            typed = (f"{k}={v.replace(',', chr(92) + ',')}" for k, v in self.variables.items())
+            args += ["-v", ",".join(typed)]
+        if self.interactive and self.inter_cmd is not None:
+            args += ["-x", self.inter_cmd]
+        elif not self.interactive and self.name != "STDIN":
+            args.append(self.name)
+        return " ".join(args)
 
 
 # ----------------------------------------------------------------------- results
@@ -626,10 +649,49 @@ def xml_escape(text: str) -> str:
     return text.replace("'", "&apos;")
 
 
+def mxml_value(text: str) -> str:
+    """``MXMLSetVal()``: how ``qstat -x`` prints a value (source, u_MXML.c). Only '<' is
+    touched, replaced by byte 0x0E; '&' and '>' go out raw, so such a value makes the
+    output ill-formed XML, as it would from the real qstat."""
+    return text.replace("<", "\x0e")
+
+
 def _exec_host(moms: Sequence[Mom], ppn: int) -> str:
     """``exec_host``: the MS first, ``tqn2/0+tqn1/0`` (``vm/0-1`` for ppn=2)."""
     slots = "0" if ppn == 1 else f"0-{ppn - 1}"
     return "+".join(f"{mom.name}/{slots}" for mom in moms)
+
+
+QSTAT_SCRIPT = """#!/bin/sh
+# qstat as the vm-wrapper test harness imitates it: only `qstat -f -x JOBID`, answered from
+# what the harness (playing pbs_server) knows about each job: one file per job in $db.
+db=@DB@
+full= xml= id=
+for arg in "$@"; do
+  case $arg in
+  -f) full=1 ;;
+  -x) xml=1 ;;
+  -*) echo "qstat: the test harness does not imitate option $arg" >&2; exit 2 ;;
+  *)
+    if [ -n "$id" ]; then
+      echo "qstat: the test harness answers one job id at a time" >&2
+      exit 2
+    fi
+    id=$arg ;;
+  esac
+done
+if [ -z "$full" ] || [ -z "$xml" ] || [ -z "$id" ]; then
+  echo "usage (test harness): qstat -f -x JOBID" >&2
+  exit 2
+fi
+case $id in
+*/* | .*) ;;
+*.*) if [ -f "$db/$id.xml" ]; then exec cat "$db/$id.xml"; fi ;;
+*) for f in "$db/$id".*.xml; do if [ -f "$f" ]; then exec cat "$f"; fi; done ;;
+esac
+echo "qstat: Unknown Job Id $id" >&2
+exit @UNKNOWN@
+"""
 
 
 # -------------------------------------------------------------------------- site
@@ -651,7 +713,11 @@ class TorqueSite:
     - ``sister_has_script``: kept for old callers; only False is accepted (a sister never
       receives the script).
 
-    ``terminal`` is the file standing for an interactive qsub's terminal.
+    Attributes besides the moms: ``qstat``, the fake qstat (root 0755, ``root/bin/qstat``),
+    which answers ``qstat -f -x JOBID`` (or the bare number) from ``server_jobs/<jobid>.xml``
+    for every job the site has run or ``publish``-ed, completed ones included, and exits 153
+    with ``qstat: Unknown Job Id JOBID`` otherwise; ``terminal``, the file standing for an
+    interactive qsub's terminal.
     """
 
     def __init__(
@@ -685,6 +751,9 @@ class TorqueSite:
         ]
         for mom in self.moms:
             mom.create()
+        self.bin = root / "bin"
+        self.qstat = self.bin / "qstat"
+        self.server_jobs = root / "server_priv" / "jobs"
         self._purged = root / "purged"  # removed .JB files live on here: no inode is reused
         self._counter = itertools.count()
         self._cookies: dict[str, str] = {}
@@ -695,9 +764,17 @@ class TorqueSite:
         return hook_timeout(self.prologalarm)
 
     def _make_server(self) -> None:
-        self._purged.mkdir(parents=True, exist_ok=True)
-        os.chown(self._purged, 0, 0)
-        self._purged.chmod(0o700)
+        for path, mode in (
+            (self.bin, 0o755),
+            (self.server_jobs.parent, 0o755),
+            (self.server_jobs, 0o755),
+            (self._purged, 0o700),
+        ):
+            path.mkdir(parents=True, exist_ok=True)
+            os.chown(path, 0, 0)
+            path.chmod(mode)
+        text = QSTAT_SCRIPT.replace("@DB@", shlex.quote(str(self.server_jobs)))
+        _write_root_file(self.qstat, text.replace("@UNKNOWN@", str(QSTAT_UNKNOWN_JOB_EXIT)), 0o755)
 
     # -- hooks ---------------------------------------------------------------
 
@@ -1027,6 +1104,121 @@ class TorqueSite:
         rec.stderr_path = _copy_out(rec.stderr_path, Path(f"{base}.e{job.seq}"), job.user)
         rec.delivered = True
 
+    # -- qstat -----------------------------------------------------------------
+
+    def publish(
+        self,
+        job: Job,
+        state: str,
+        *,
+        start_count: int = 0,
+        exit_status: int | None = None,
+        session_id: int | None = None,
+    ) -> None:
+        """Record what pbs_server would answer to ``qstat -f -x JOBID`` for ``job`` now.
+
+        ``state`` is the job_state letter (Q, R, C). ``TorqueSite.run`` keeps this up to date;
+        a test may call it for a job it does not run.
+        """
+        path = self.server_jobs / f"{job.jobid}.xml"
+        tmp = path.with_name(f".{path.name}.tmp")
+        text = self.qstat_xml(
+            job, state, start_count=start_count, exit_status=exit_status, session_id=session_id
+        )
+        _write_root_file(tmp, text, 0o644)
+        tmp.replace(path)
+
+    def qstat_xml(
+        self,
+        job: Job,
+        state: str,
+        *,
+        start_count: int = 0,
+        exit_status: int | None = None,
+        session_id: int | None = None,
+    ) -> str:
+        """``qstat -f -x JOBID`` output: the XML declaration, then one line of ``<Data>``,
+        shaped like the observed ones (torque_samples/qstat-f-x-*.xml)."""
+        now = int(time.time())
+        started = start_count > 0 and state in ("R", "C")
+        out_path, err_path = self._output_paths(job)
+
+        def el(name: str, value: str) -> str:
+            return f"<{name}>{mxml_value(value)}</{name}>"
+
+        parts = [el("Job_Id", job.jobid), el("Job_Name", job.name)]
+        parts.append(el("Job_Owner", f"{job.user.name}@localhost"))
+        if started:
+            used = "".join(
+                el(k, v)
+                for k, v in (
+                    ("cput", "00:00:00"),
+                    ("vmem", "0kb"),
+                    ("walltime", "00:00:00"),
+                    ("mem", "0kb"),
+                    ("energy_used", "0"),
+                )
+            )
+            parts.append(f"<resources_used>{used}</resources_used>")
+        parts += [el("job_state", state), el("queue", job.queue), el("server", job.server)]
+        if job.account:
+            parts.append(el("Account_Name", job.account))
+        parts += [el("Checkpoint", "u"), el("ctime", str(now)), el("Error_Path", err_path)]
+        if started:
+            parts.append(el("exec_host", _exec_host(self.moms[: job.nodes], job.ppn)))
+        parts.append(el("Hold_Types", "n"))
+        if job.interactive:
+            parts.append(el("interactive", "True"))
+        parts += [
+            el("Join_Path", "n"),
+            el("Keep_Files", "n"),
+            el("Mail_Points", "a"),
+            el("mtime", str(now)),
+            el("Output_Path", out_path),
+            el("Priority", "0"),
+            el("qtime", str(now)),
+            el("Rerunable", "False" if job.interactive else "True"),
+        ]
+        resources = ""
+        for name, value in job.resource_items():
+            resources += el(name, value)
+            if name == "nodes":
+                resources += el("nodect", str(job.nodes))
+        parts.append(f"<Resource_List>{resources}</Resource_List>")
+        if session_id is not None:
+            parts.append(el("session_id", str(session_id)))
+        parts += [
+            el("substate", {"Q": "10", "R": "42"}.get(state, "59")),
+            el("Variable_List", job.variable_list()),
+            el("euser", job.user.name),
+            el("egroup", job.user.group),
+            el("hashname", job.jobid),
+            el("queue_rank", job.seq),
+            el("queue_type", "E"),
+        ]
+        if started:
+            parts.append(el("comment", time.strftime("Job started on %a %b %d at %H:%M")))
+        parts.append(el("etime", str(now)))
+        if exit_status is not None:
+            parts.append(el("exit_status", str(exit_status)))
+        parts.append(el("submit_args", job.qsub_args()))
+        if started:
+            parts += [el("start_time", str(now)), el("start_count", str(start_count))]
+        parts.append(el("fault_tolerant", "False"))
+        if state == "C":
+            parts.append(el("comp_time", str(now)))
+        if job.interactive and job.inter_cmd is not None:
+            parts.append(el("inter_cmd", job.inter_cmd))
+        parts.append(el("job_radix", "0"))
+        if state == "C":
+            parts.append(el("total_runtime", "0.000000"))
+        parts += [
+            el("submit_host", job.server),
+            el("init_work_dir", str(job.o_workdir)),
+            el("request_version", "1"),
+        ]
+        return '<?xml version="1.0"?>\n<Data><Job>' + "".join(parts) + "</Job></Data>\n"
+
     # -- a start -------------------------------------------------------------
 
     def _sister_prologues(self, job: Job, rec: StartRecord) -> bool:
@@ -1144,6 +1336,7 @@ class TorqueSite:
         rec = StartRecord(number)
         began = time.monotonic()
         self._stage(job, rec)
+        self.publish(job, "R", start_count=number + 1)
         if not self._sister_prologues(job, rec):
             # The MS bails (exec_bail): the other sisters get IM_ABORT_JOB. The MS had set
             # "prologues ran" before joining them, so its epilogues do run (source).
@@ -1297,6 +1490,7 @@ class TorqueSite:
         the prologue, which runs on to its own end; the job never runs.
         """
         self._qdel_after = qdel_after
+        self.publish(job, "Q")
         starts: list[StartRecord] = []
         state: State = "requeued"
         while len(starts) < max_starts:
@@ -1312,6 +1506,14 @@ class TorqueSite:
     def _finish(self, job: Job, state: State, starts: list[StartRecord]) -> Outcome:
         """The outcome; an aborted or requeued job's output stays in the spool."""
         last = starts[-1]
+        ran = next((rec for rec in starts if rec.ran_job), None)
+        self.publish(
+            job,
+            "Q" if state == "requeued" else "C",
+            start_count=len(starts),
+            exit_status=None if state == "requeued" else last.exit_status,
+            session_id=None if ran is None else ran.session_id,
+        )
         ms = self.moms[0]
         out = last.stdout_path or ms.out(job.jobid)
         err = last.stderr_path or ms.err(job.jobid)
