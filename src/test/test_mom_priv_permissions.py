@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -221,8 +222,24 @@ def recorded(base: Path) -> dict[str, list[list[str]]]:
 
 
 def vm_job(user: JobUser, workdir: Path, **kw: object) -> Job:
+    """A VM job as the qsub wrapper submits it: the marked line in the script (the mother
+    superior's .SC) and the request variable (what a sister's .JB carries)."""
     script = f"#!/bin/sh\n{MARKER}e30=\n#PBS -N glob*?\necho hi\n"
-    return Job(user=user, script=script, workdir=workdir, name="glob*?", nodes=2, **kw)  # type: ignore[arg-type]
+    variables = {"VMW_REQUEST_V1": "e30="}
+    return Job(user=user, script=script, workdir=workdir, name="glob*?", nodes=2,
+               variables=variables, **kw)  # type: ignore[arg-type]  # fmt: skip
+
+
+def wait_recorded(
+    base: Path, names: tuple[str, ...], seconds: float = 10
+) -> dict[str, list[list[str]]]:
+    """prologue.parallel execs the interpreter in a detached child: it records later."""
+    deadline = time.monotonic() + seconds
+    while True:
+        got = recorded(base)
+        if all(name in got for name in names) or time.monotonic() > deadline:
+            return got
+        time.sleep(0.05)
 
 
 def test_root_shims_pass_argv_through_unchanged(
@@ -232,8 +249,9 @@ def test_root_shims_pass_argv_through_unchanged(
     install_all(site, recording_shims)
     out = site.run(vm_job(user, workdir, payload=["/bin/true"]), max_starts=1)
     assert out.state == "completed"
-    got = recorded(base)
-    for name in ("prologue", "prologue.parallel", "epilogue", "epilogue.parallel"):
+    names = ("prologue", "prologue.parallel", "epilogue", "epilogue.parallel")
+    got = wait_recorded(base, names)
+    for name in names:
         (hook,) = out.hooks(name)
         assert got[name] == [["-I", "-m", "vmwrapper", "hook", "torque", name, *hook.argv[1:]]]
         assert hook.argv[7 if name.startswith("prologue") else 9] == "", "empty account kept"

@@ -6,6 +6,7 @@ file, the exit status comes back, and teardown leaves nothing.
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 from pathlib import Path
 
@@ -29,11 +30,12 @@ exit 7
 """
 
 
-def submit_as_user(user: JobUser, base: Path) -> str:
-    """Run our qsub shim as the user against a stub real qsub; return the job wrapper."""
+def submit_as_user(user: JobUser, base: Path) -> tuple[str, dict[str, str]]:
+    """Run our qsub shim as the user against a stub real qsub; return the job wrapper and
+    the job variables (-v) it passed, which is all a Torque sister gets."""
     stub = base / "stub-qsub"
-    captured = base / "submitted.sh"
-    stub.write_text(f"#!/bin/sh\ncat > {captured}\necho 720.vm\n")
+    captured, argv = base / "submitted.sh", base / "submitted.argv"
+    stub.write_text(f"#!/bin/sh\ncat > {captured}\nprintf '%s\\0' \"$@\" > {argv}\necho 720.vm\n")
     stub.chmod(0o755)
     conf = base / "vm-wrapper.conf"
     conf.write_text(f"REAL_QSUB_ON_SERVER={stub}\nREAL_QSUB_ON_NODES={stub}\n")
@@ -49,14 +51,18 @@ def submit_as_user(user: JobUser, base: Path) -> str:
     )  # fmt: skip
     assert done.stdout.strip() == "720.vm"
     assert "raised -l nodes=2:ppn=1 to nodes=2:ppn=2" in done.stderr
-    return captured.read_text()
+    words = argv.read_bytes().decode().split("\0")[:-1]
+    pairs = itertools.pairwise(words)
+    variables = dict(word.split("=", 1) for flag, word in pairs if flag == "-v")
+    return captured.read_text(), variables
 
 
 def test_two_node_vm_job_runs_in_vm0_reaches_vm1_and_cleans_up() -> None:
     user = ensure_job_user()
     with site_root() as base, system_config() as config:
-        wrapper = submit_as_user(user, base)
+        wrapper, variables = submit_as_user(user, base)
         assert "#%VMW-REQUEST-V1 " in wrapper and "#PBS -vm" not in wrapper
+        assert list(variables) == ["VMW_REQUEST_V1"]
         site = TorqueSite(base / "pbs", ["n0", "n1"], prologalarm=300)
         for mom in site.moms:
             for hook in ("prologue", "prologue.parallel", "epilogue", "epilogue.parallel"):
@@ -64,7 +70,7 @@ def test_two_node_vm_job_runs_in_vm0_reaches_vm1_and_cleans_up() -> None:
                                 str(REPO / "mom_priv" / hook), str(mom.hook(hook))],
                                check=True)  # fmt: skip
         job = Job(user=user, script=wrapper, jobid="720.vm", name="e2e", nodes=2, ppn=2,
-                  workdir=base)  # fmt: skip
+                  workdir=base, variables=variables)  # fmt: skip
         out = site.run(job, max_starts=1)
         stdout = out.stdout_path.read_text()
         stderr = out.stderr_path.read_text()

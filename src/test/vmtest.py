@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from vmwrapper import config as config_mod
 from vmwrapper import requestblock
@@ -38,6 +42,38 @@ def request_script(body: str = "echo hi\n", **vm: str) -> str:
     vm = {"img": "debian12", "vcpus": "1", "ram": "1G", **vm}
     line = requestblock.encode(vm, {}, requestblock.new_submission_id())
     return f"#!/bin/sh\n{line}\n{body}"
+
+
+def request_fields(
+    vm: Mapping[str, str], files: Mapping[str, bytes] | None = None, body: str = "echo hi\n"
+) -> dict[str, Any]:
+    """What qsub -vm hands Torque for one request (harness Job fields): the job script with
+    the marked request line, and the same request as the job variable VMW_REQUEST_V1,
+    which is all a sister gets. ``vm`` is taken as is: tests forge requests with it."""
+    text = requestblock.encode_json(vm, files or {}, requestblock.new_submission_id())
+    script = f"#!/bin/sh\n{requestblock.MARKER}{text}\n{body}"
+    return {"script": script, "variables": {requestblock.VARIABLE: requestblock.to_variable(text)}}
+
+
+def vm_fields(**vm: str) -> dict[str, Any]:
+    """request_fields of a small valid request, changed by ``vm``."""
+    return request_fields({"img": "debian12", "vcpus": "1", "ram": "1G", **vm})
+
+
+JOB_RUN_DIR = Path("/var/tmp/vmw-test-payloads")
+
+
+def job_run(script: bytes = b"true\n") -> list[str]:
+    """The real job wrapper as the job (what the generated wrapper script execs): it prints
+    why the VMs could not start, or runs ``script`` in vm0."""
+    JOB_RUN_DIR.mkdir(mode=0o755, exist_ok=True)
+    data = {"v": 1, "script": base64.b64encode(script).decode(), "args": [], "shell": "",
+            "name": "job"}  # fmt: skip
+    path = JOB_RUN_DIR / f"{hashlib.sha256(script).hexdigest()[:16]}.payload"
+    path.write_text(base64.b64encode(json.dumps(data).encode()).decode())
+    path.chmod(0o644)
+    python = config_mod.load([]).NODE_PYTHON
+    return [python, "-I", "-m", "vmwrapper", "job-run", "--payload-file", str(path)]
 
 
 def leftovers(config: config_mod.Config, jobid: str) -> list[str]:

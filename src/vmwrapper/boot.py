@@ -60,6 +60,7 @@ def boot_node(
 ) -> None:  # fmt: skip
     """Create this node's VMs and wait until each is ready, by ``until``
     (time.monotonic()); JobGone as soon as ``gone()`` says the job ended."""
+    began = time.monotonic()
     hypervisor.conn  # noqa: B018  (libvirt must answer before we create anything)
     inputs = _gather_inputs(plan, block, state, config)
     state.mark("inputs_checked")
@@ -79,8 +80,14 @@ def boot_node(
             start(vm)
     if gone():
         raise JobGone()
+    started = time.monotonic()
     wait_ready(hypervisor, watches, until, lambda n, e: state.mark(f"{n}:{e}"), gone)
     state.mark("node_ready")
+    log.info(
+        "job %s rank %d: %d VM(s) ready %.1f s after their start (%.2f s to start them)",
+        plan.alloc.jobid, plan.alloc.rank, len(watches), time.monotonic() - started,
+        started - began,
+    )  # fmt: skip
     for watch in watches:
         give_console_to_user(watch.console_file, plan.alloc.uid, plan.alloc.gid)
     if plan.alloc.rank == 0:

@@ -153,6 +153,7 @@ def prologue(
                  until=until, gone=gone)  # fmt: skip
             if wait_for_others:
                 wait_for_other_nodes(plan, until, gone)
+                log.info("job %s: every VM of the job answers", ctx.jobid)
         except BaseException as err:
             log.warning("boot failed (%s); tearing down what this node created", err)
             teardown(state, hypervisor, config)
@@ -256,10 +257,10 @@ def epilogue(ctx: HookContext, config: Config) -> list[str]:
     booting: list[str] = []
     for rank in ranks:
         state = node_state(config, ctx.jobid, rank)
-        if not ctx.rerun_expected:
-            state.mark_job_ended()  # a prologue still booting stops now, releasing the lock
         if state.exists() and "node_ready" not in state.saved_timeline():
             booting.append(f"node rank {rank}")
+        if not ctx.rerun_expected:
+            state.mark_job_ended()  # a prologue still booting stops now, releasing the lock
         with state.locked():
             if state.exists():
                 teardown(state, hypervisor, config)
@@ -318,16 +319,21 @@ STALE_ATTEMPTS_SECONDS = 7 * 24 * 3600
 
 
 def _forget_stale_attempts(state_dir: Path) -> None:
-    """Attempt counters of jobs with no state left, untouched for a week: long gone."""
-    attempts = state_dir / "attempts"
-    if not attempts.is_dir() or attempts.is_symlink():
-        return
+    """Attempt counters, reasons, end marks and node locks of jobs with no state left,
+    untouched for a week: long gone."""
     now = time.time()
-    for counter in attempts.iterdir():
-        tag = counter.name.rpartition(".")[0]
-        stale = now - counter.lstat().st_mtime > STALE_ATTEMPTS_SECONDS
-        if stale and not (state_dir / "jobs" / tag).exists():
-            counter.unlink(missing_ok=True)
+    for kind in ("attempts", "ended", "locks"):
+        folder = state_dir / kind
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        for item in folder.iterdir():
+            if kind == "locks" and not item.name.startswith("node."):
+                continue  # disk locks go with their job's teardown
+            name = item.name.removeprefix("node.").removesuffix(".why")
+            tag = name.rpartition(".")[0]
+            stale = now - item.lstat().st_mtime > STALE_ATTEMPTS_SECONDS
+            if stale and not (state_dir / "jobs" / tag).exists():
+                item.unlink(missing_ok=True)
 
 
 def _jobid_of(job_dir: Path) -> str | None:

@@ -16,7 +16,7 @@ Layout (STATE_DIR is root-owned)::
     STATE_DIR/locks/                   0700 root   one file per persistent disk in use
                                                    (disk-<dev>-<inode>), and node.<tag>.<rank>
                                                    which boot and teardown of a node hold
-    STATE_DIR/ended/<tag>              0600        written by the epilogue: a prologue still
+    STATE_DIR/ended/<tag>.<rank>       0600        written by the epilogue: a prologue still
                                                    booting (Torque runs epilogues beside a
                                                    running prologue after qdel) stops at once
     STATE_DIR/jobs/<tag>/user/failure  0644 user   why the VMs could not start: the job
@@ -103,6 +103,7 @@ class NodeState:
         self.tag, self.rank = tag, rank
         self.attempts_file = state_dir / "attempts" / f"{tag}.{rank}"
         self.reasons_file = state_dir / "attempts" / f"{tag}.{rank}.why"
+        self.ended_name = f"{tag}.{rank}"
         self.journal = self.node_dir / "journal"
         self.timeline_file = self.node_dir / "timeline.json"
         self._timeline: dict[str, float] = {}
@@ -204,12 +205,12 @@ class NodeState:
     # -- the job's end, seen by a prologue still at work ------------------------------------
     def mark_job_ended(self) -> None:
         ended = ensure_root_dir(ensure_root_dir(self.root) / "ended", 0o700)
-        write_file(ended / self.tag, str(time.time()).encode(), 0o600)
+        write_file(ended / self.ended_name, str(time.time()).encode(), 0o600)
 
     def job_ended_since(self, since: float) -> bool:
-        """Did an epilogue of this job run after ``since`` (a time.time())?"""
+        """Did this node's epilogue of this job run after ``since`` (a time.time())?"""
         try:
-            return os.lstat(self.root / "ended" / self.tag).st_mtime >= since
+            return os.lstat(self.root / "ended" / self.ended_name).st_mtime >= since
         except OSError:
             return False
 

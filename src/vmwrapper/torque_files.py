@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 import time
-from dataclasses import dataclass
 
 from vmwrapper import proc, requestblock
 from vmwrapper.batch import torque_job
@@ -26,12 +26,36 @@ from vmwrapper.requestblock import RequestBlock
 MAX_SCRIPT_BYTES = 16 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class FileIdentity:
-    """Which file a path named when we read it: a requeued job's new .JB is another one."""
+class RecordWatch:
+    """Latches "gone" once the job's .JB is missing from this mom.
 
-    device: int
-    inode: int
+    pbs_mom rewrites the .JB as ``.JC`` + unlink + link (job_save, src/server/job_recov.c),
+    so it has a new inode after every save and is missing for microseconds meanwhile; a
+    requeue removes it and a restart writes a new one some 40-200 ms later (observed). So a
+    thread looks every 20 ms, and counts the record gone only when it is still missing,
+    with no .JC either, 10 ms later.
+    """
+
+    def __init__(self, script_path: str, poll: float = 0.02) -> None:
+        self.record = record_path(script_path)
+        self.copy = torque_job.job_file(script_path, ".JC")
+        self.poll, self._gone = poll, threading.Event()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def gone(self) -> bool:
+        return self._gone.is_set()
+
+    def _missing(self) -> bool:
+        return not os.path.lexists(self.record) and not os.path.lexists(self.copy)
+
+    def _watch(self) -> None:
+        while not self._gone.is_set():
+            if self._missing():
+                time.sleep(0.01)
+                if self._missing():
+                    self._gone.set()
+                    return
+            time.sleep(self.poll)
 
 
 def record_path(script_path: str) -> str:
@@ -39,7 +63,7 @@ def record_path(script_path: str) -> str:
     return torque_job.job_file(script_path, ".JB")
 
 
-def read_checked(path: str, owners: tuple[int, ...], limit: int) -> tuple[bytes, FileIdentity]:
+def read_checked(path: str, owners: tuple[int, ...], limit: int) -> bytes:
     """A regular file owned by one of ``owners``, read through one O_NOFOLLOW descriptor.
     FileNotFoundError passes through; anything else is a PermanentJobError."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -56,15 +80,7 @@ def read_checked(path: str, owners: tuple[int, ...], limit: int) -> tuple[bytes,
         data = handle.read(limit + 1)
     if len(data) > limit:
         raise PermanentJobError(f"{path} is larger than {limit // (1024 * 1024)} MiB")
-    return data, FileIdentity(info.st_dev, info.st_ino)
-
-
-def identity(path: str) -> FileIdentity | None:
-    try:
-        info = os.lstat(path)
-    except OSError:
-        return None
-    return FileIdentity(info.st_dev, info.st_ino)
+    return data
 
 
 def request_in_job_record(xml_text: bytes) -> RequestBlock | None:
@@ -78,12 +94,12 @@ def mother_superior_request(
 ) -> RequestBlock | None:
     """The request as the mother superior's prologue finds it (see the module docstring)."""
     try:
-        script, _ = read_checked(script_path, (uid, 0), MAX_SCRIPT_BYTES)
+        script = read_checked(script_path, (uid, 0), MAX_SCRIPT_BYTES)
         return requestblock.find(script)
     except FileNotFoundError:
         pass  # qsub -I: no script
     try:
-        record, _ = read_checked(record_path(script_path), (0,), MAX_SCRIPT_BYTES)
+        record = read_checked(record_path(script_path), (0,), MAX_SCRIPT_BYTES)
     except FileNotFoundError:
         record = _ask_server(qstat, jobid)
     return request_in_job_record(record)
@@ -99,16 +115,15 @@ def _ask_server(qstat: str, jobid: str) -> bytes:
 
 def wait_for_job_record(
     script_path: str, seconds: float, poll: float = 0.01
-) -> tuple[RequestBlock | None, FileIdentity | None]:
+) -> RequestBlock | None:
     """A sister's request: its .JB appears about 2 ms after prologue.parallel returned.
-    (None, None) if it never appears (the job was gone before it started here)."""
+    None if it never appears (the job was gone before it started here) or holds none."""
     path = record_path(script_path)
     deadline = time.monotonic() + seconds
     while True:
         try:
-            record, found = read_checked(path, (0,), MAX_SCRIPT_BYTES)
-            return request_in_job_record(record), found
+            return request_in_job_record(read_checked(path, (0,), MAX_SCRIPT_BYTES))
         except FileNotFoundError:
             if time.monotonic() > deadline:
-                return None, None
+                return None
             time.sleep(poll)

@@ -8,19 +8,20 @@ Observed on Torque 6.1-dev with two moms (DESIGN.md section 4, "Torque correctio
   variable. A sister writes it about 2 ms after ``prologue.parallel`` returns and removes
   it when the job ends, is aborted or requeued (no hook runs then). On the mother superior
   it is there during the prologue only sometimes (not for the first job after an idle spell).
-- ``qstat -f -x JOBID`` prints ``<Data><Job>...<Variable_List>...`` on one line.
+- ``qstat -f -x JOBID`` prints ``<Data><Job>...<Variable_List>...`` on one line, with
+  values unescaped (src/cmds/qstat.c via MXMLSetVal: ``&`` as is, ``<`` as byte 0x0E).
 - Variable_List joins ``NAME=value`` with commas and escapes nothing: a comma inside a
   value cannot be told from a separator. The request is base64, which has no comma.
 """
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
+import re
 
 from vmwrapper.errors import RequestError
 from vmwrapper.requestblock import VARIABLE
 
-MAX_JOB_FILE_BYTES = 8 * 1024 * 1024
+_VARIABLE_LIST_RE = re.compile(rb"<Variable_List(?: [^>]*)?>([^<]*)</Variable_List>")
 
 
 def job_file(script_path: str, suffix: str) -> str:
@@ -31,13 +32,10 @@ def job_file(script_path: str, suffix: str) -> str:
 
 def variable_list(xml_text: bytes) -> str | None:
     """The text of the first <Variable_List> in a .JB file or in ``qstat -f -x`` output;
-    None if there is none. Raises RequestError if the text is no XML."""
-    try:
-        root = ET.fromstring(xml_text)  # noqa: S314  (written by pbs_mom / pbs_server)
-    except ET.ParseError:
-        raise RequestError(["the job's Torque record is not readable XML"]) from None
-    element = root if root.tag == "Variable_List" else root.find(".//Variable_List")
-    return None if element is None else (element.text or "")
+    None if there is none. Found by pattern, not parsed: qstat prints values unescaped (an
+    ``&`` in any variable makes its output invalid XML), and neither can hold a raw ``<``."""
+    match = _VARIABLE_LIST_RE.search(xml_text)
+    return None if match is None else match.group(1).decode("utf-8", "replace")
 
 
 def request_value(variables: str) -> str | None:

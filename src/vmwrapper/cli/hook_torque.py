@@ -65,12 +65,8 @@ def _mother_superior(ctx: HookContext) -> int:
         )
         if block is None:
             return torque_hooks.RUN  # no request after all: an ordinary job
-        record = torque_files.record_path(ctx.script_path)
-        seen = torque_files.identity(record)
 
-        def gone() -> bool:
-            if seen is not None and torque_files.identity(record) != seen:
-                return True
+        def gone() -> bool:  # Torque runs the epilogues beside this prologue after qdel
             return state.job_ended_since(started)
 
         node.prologue(ctx, config, boot.boot_node, block, until=until, gone=gone,
@@ -95,8 +91,10 @@ def _failed(
     leave the reasons (every attempt's) for the job wrapper to print."""
     from vmwrapper import node  # noqa: PLC0415
 
-    report(ctx, lines)
+    for line in lines:  # the user reads them from the job wrapper (once, not twice)
+        log.error("prologue %s: %s", ctx.jobid, line)
     if config is None:
+        report(ctx, lines)
         return torque_hooks.ABORT  # no config, no state: say it here; pbs_mom keeps the .e
     state = node.node_state(config, ctx.jobid, 0)
     attempts, limit = state.attempts(), config.MAX_PROLOGUE_ATTEMPTS
@@ -105,12 +103,15 @@ def _failed(
             state.add_reason(f"attempt {attempts}: {line}")
         return torque_hooks.REQUEUE
     earlier = state.reasons()
-    final = lines if permanent else [*lines, f"giving up after {attempts} attempts"]
+    final = lines if permanent else [
+        *(f"attempt {attempts}: {line}" for line in lines), f"giving up after {attempts} attempts"
+    ]  # fmt: skip
     try:
         account = node.account_of(ctx.user)
         state.write_failure([*earlier, *final], (account.uid, account.gid))
     except (VmWrapperError, OSError) as err:
         log.error("cannot leave the failure for the job wrapper: %s", err)
+        report(ctx, [*earlier, *final])
         return torque_hooks.ABORT
     return torque_hooks.RUN
 
@@ -122,15 +123,15 @@ def _sister(ctx: HookContext) -> int:
 
     try:
         config = config_mod.load()
-        block, seen = torque_files.wait_for_job_record(ctx.script_path, SISTER_RECORD_WAIT)
-        if block is None or seen is None:
+        block = torque_files.wait_for_job_record(ctx.script_path, SISTER_RECORD_WAIT)
+        if block is None:
             return 0
-        record = torque_files.record_path(ctx.script_path)
+        watch = torque_files.RecordWatch(ctx.script_path)
         state = node.node_state(config, ctx.jobid, ctx.rank or 1)
         started, until = time.time(), time.monotonic() + config.TIMEOUT
 
         def gone() -> bool:
-            return torque_files.identity(record) != seen or state.job_ended_since(started)
+            return watch.gone() or state.job_ended_since(started)
 
         state = node.prologue(ctx, config, boot.boot_node, block, until=until, gone=gone)
         mine = state.journal_started()
