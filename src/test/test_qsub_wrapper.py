@@ -305,6 +305,7 @@ def bad_inputs(site: Site) -> list[tuple[list[str], str]]:
     (w / "link.sh").symlink_to(w / "pro.sh")
     site.write("list.yaml", b"- a\n- b\n")
     site.write("bad.yaml", b"a: [\n")
+    site.write("deep.yaml", b"packages: " + b"[" * 1500 + b"]" * 1500)  # was exit 70
     site.write("runcmd.yaml", b"runcmd: [reboot]\n")
     site.write("disk.img", b"")
     (w / "disk-link.img").symlink_to(w / "disk.img")
@@ -321,6 +322,7 @@ def bad_inputs(site: Site) -> list[tuple[list[str], str]]:
         (["-vm", f"vm_epilogue={w}/link.sh"], f"vm_epilogue='{w}/link.sh': is a symlink"),
         (["-vm", f"metadata={w}/list.yaml"], "must be a YAML mapping"),
         (["-vm", f"metadata={w}/bad.yaml"], "not valid YAML at line"),
+        (["-vm", f"metadata={w}/deep.yaml"], "nests deeper than 32 levels"),
         (["-vm", f"metadata={w}/runcmd.yaml"], "key 'runcmd' is not allowed (allowed: packages"),
         (["-vm", f"disk={w}/disk-link.img"], "must be a regular file, not a symlink"),
         (["-vm", f"disk={w}/not-mine.img"], "must be a file you own"),
