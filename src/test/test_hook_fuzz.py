@@ -31,6 +31,17 @@ EXAMPLES = int(os.environ.get("VMW_FUZZ_EXAMPLES", "10000"))
 JOBID = "77.fuzz"
 
 
+def run_hook(argv: list[str]) -> tuple[int, str]:
+    """The hook in-process, as pbs_mom runs it; the process umask (the hook sets 077) and
+    stderr are put back for the tests that follow."""
+    err, umask = io.StringIO(), os.umask(0o022)
+    try:
+        with redirect_stderr(err):
+            return hook.run(["torque", "prologue", *argv]), err.getvalue()
+    finally:
+        os.umask(umask)
+
+
 class HookSite:
     def __init__(self, root: Path, user: JobUser) -> None:
         self.root, self.user = root, user
@@ -43,10 +54,8 @@ class HookSite:
             counter.unlink()  # every example is a first attempt
         argv = [JOBID, self.user.name, self.user.name, "STDIN", "nodes=1:ppn=2", "batch", "",
                 str(self.script)]  # fmt: skip
-        err = io.StringIO()
-        with redirect_stderr(err):
-            rc = hook.run(["torque", "prologue", *argv])
-        return rc, err.getvalue().splitlines()
+        rc, err = run_hook(argv)
+        return rc, err.splitlines()
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +152,7 @@ def test_an_unexpected_exception_is_a_counted_attempt(
             str(site.script)]  # fmt: skip
     codes = []
     for _ in range(3):
-        with redirect_stderr(io.StringIO()):
-            codes.append(hook.run(["torque", "prologue", *argv]))
+        codes.append(run_hook(argv)[0])
     # Requeued once; then the job starts and its wrapper prints why (Torque would keep
     # a failed prologue's output in its spool).
     assert codes == [2, 0, 0]

@@ -274,7 +274,7 @@ def _start_vm(
     state.record("domain", vm.name)
     hypervisor.start(xml)
     state.mark(f"{vm.name}:define")
-    return BootWatch(vm.name, paths.ready, paths.console, nonce)
+    return BootWatch(vm.name, paths.ready, paths.console, nonce, hostname=vm.hostname)
 
 
 def _known_hosts(plan: JobPlan, secret: bytes, scope: str) -> list[str]:

@@ -120,8 +120,13 @@ class BootWatch:
     ready_file: Path
     console_file: Path
     nonce: str
+    hostname: str = ""  # what the user calls it (vm0): for messages
     ready: bool = False
     console_seen: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.hostname or self.name
 
 
 def wait_ready(
@@ -143,9 +148,9 @@ def wait_ready(
             raise JobGone()
         for watch in watches:
             if not watch.ready and not hypervisor.is_active(watch.name):
-                raise NodeError(f"VM {watch.name} stopped before it signalled ready")
+                raise NodeError(f"VM {watch.label} stopped before it signalled ready")
         if time.monotonic() > until:
-            late = ", ".join(w.name for w in watches if not w.ready)
+            late = ", ".join(w.label for w in watches if not w.ready)
             waited = time.monotonic() - started
             raise NodeError(f"VM(s) {late} not ready within {waited:.0f} s of waiting (TIMEOUT)")
         time.sleep(POLL_SECONDS)
@@ -163,7 +168,7 @@ def _poll(watch: BootWatch, on_event: Callable[[str, str], None]) -> None:
         on_event(watch.name, "ready")
     elif f"VMW-FAILED {watch.nonce}".encode() in head:
         # The guest's own check failed (sshd, the user, a share): waiting longer won't help.
-        raise NodeError(f"VM {watch.name} reports that its setup failed (see its console log)")
+        raise NodeError(f"VM {watch.label} reports that its setup failed (see its console log)")
 
 
 def _size(path: Path) -> int:
