@@ -25,6 +25,8 @@ from vmtest import job_run, leftovers, request_fields, system_config
 
 from vmwrapper import requestblock
 from vmwrapper.config import Config
+from vmwrapper.hypervisor import Hypervisor
+from vmwrapper.node import node_state
 from vmwrapper.plan import job_tag
 
 pytestmark = pytest.mark.needs("root", "libvirtd", "vmnet", "guest-image")
@@ -180,6 +182,60 @@ def test_a_squatted_name_in_dev_shm_does_not_block_ramdisk_jobs(
     finally:
         if created:
             squat.rmdir()
+
+
+# -- 9.2: the VM is the user's, and only theirs --------------------------------------------
+
+
+def _while_running(
+    config: Config, jobid: str, seen: dict[str, object], stop: threading.Event
+) -> None:
+    """Once the domain runs: who owns its seed, can another user read it, who owns the
+    directories shared into it."""
+    node_dir = node_state(config, jobid, 0).node_dir
+    hypervisor = Hypervisor(config.LIBVIRT_URI)
+    while not stop.is_set():
+        seeds = list(node_dir.glob("*-seed.iso")) if node_dir.is_dir() else []
+        names = [n for n, owner in hypervisor.our_domains().items() if owner == jobid]
+        if seeds and names and hypervisor.is_active(names[0]):
+            info = os.stat(seeds[0])
+            seen["seed"] = (info.st_uid, stat.S_IMODE(info.st_mode))
+            other = subprocess.run(["runuser", "-u", "nobody", "--", "cat", str(seeds[0])],
+                                   capture_output=True, check=False)  # fmt: skip
+            seen["other_user_reads_seed"] = other.returncode == 0
+            seen["share_owners"] = {p: os.stat(p).st_uid for p in ("/home", MOUNT)}
+            return
+        time.sleep(0.05)
+
+
+MOUNT = "/var/tmp/vmw-mount-root/data"
+
+
+def test_the_seed_is_the_job_users_alone_and_no_shared_directory_changes_hands(
+    user: JobUser, site_base: Path
+) -> None:
+    """The user may rewrite their own seed (root in their guest: the model), but nobody else
+    may read it (it holds the job's private keys), and libvirt chowns no shared directory
+    (/home and a user mount, root-owned here, are 9p sources of the running domain)."""
+    Path(MOUNT).mkdir(parents=True, exist_ok=True)
+    os.chmod(MOUNT, 0o755)
+    jobid, seen, stop = "906.vm", {}, threading.Event()
+    settings = {"TIMEOUT": "8", "SHUTDOWN_TIMEOUT": "1", "MAX_PROLOGUE_ATTEMPTS": "1",
+                "USER_MOUNT_ROOTS": str(Path(MOUNT).parent)}  # fmt: skip
+    with system_config(**settings) as config:
+        watcher = threading.Thread(target=_while_running, args=(config, jobid, seen, stop))
+        watcher.start()
+        try:
+            site = make_site(site_base, 1)
+            vm = {"img": "debian12", "vcpus": "1", "ram": "1G", "mounts": MOUNT}
+            refused(site.run(Job(user=user, jobid=jobid, ppn=2, payload=job_run(), **forged(vm))))
+        finally:
+            stop.set()
+            watcher.join()
+        assert leftovers(config, jobid) == []
+    assert seen.get("seed") == (user.uid, 0o600), seen
+    assert seen["other_user_reads_seed"] is False
+    assert seen["share_owners"] == {"/home": 0, MOUNT: 0}
 
 
 # -- 9.3 / 9.4: forged requests that used to requeue forever or dump tracebacks ------------

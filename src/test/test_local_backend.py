@@ -75,7 +75,10 @@ def test_exit_codes_come_back_exactly() -> None:
 
 
 def tmux(*args: str) -> str:
-    return subprocess.run(["tmux", *args], capture_output=True, text=True, check=True).stdout
+    """Our own tmux server (-L): a server someone started elsewhere (outside the vmw netns)
+    would run the session there, where the guests cannot be reached."""
+    argv = ["tmux", "-L", "vmw-test", *args]
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
 
 
 def wait_for(session: str, text: str, seconds: float) -> str:
@@ -93,7 +96,9 @@ def test_interactive_job_and_other_users_are_kept_out() -> None:
     owner = ensure_job_user()
     other = ensure_job_user("vmwother", 2001)
     session = "vmw-interactive-test"
-    subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, check=False)
+    subprocess.run(
+        ["tmux", "-L", "vmw-test", "kill-session", "-t", session], capture_output=True, check=False
+    )
     with system_config() as config:
         tmux(
             "new-session",
@@ -111,6 +116,9 @@ def test_interactive_job_and_other_users_are_kept_out() -> None:
         try:
             screen = wait_for(session, "running the job", 300)
             jobid = jobid_of(screen)
+            # Type at the guest's prompt, as a person would: keys typed before ssh has the
+            # terminal may go to the host's line discipline instead.
+            wait_for(session, f"{owner.name}@vm0", 120)
             tmux("send-keys", "-t", session, 'echo "inside=$(hostname)/$(id -un)"', "Enter")
             wait_for(session, f"inside=vm0/{owner.name}", 60)
             as_other = [
@@ -133,7 +141,7 @@ def test_interactive_job_and_other_users_are_kept_out() -> None:
             wait_for(session, "EXIT=5", 120)
             assert leftovers(config, jobid) == []
         finally:
-            subprocess.run(["tmux", "kill-session", "-t", session], check=False)
+            subprocess.run(["tmux", "-L", "vmw-test", "kill-server"], check=False)
 
 
 def test_vm_prologue_and_epilogue_run_around_the_job() -> None:

@@ -509,9 +509,10 @@ def _boot_two_guests(work: Path) -> None:  # runs as __main__ inside the private
     (work / "home" / "alice").mkdir(parents=True)
     os.chown(work / "home" / "alice", 2000, 2000)
     secret = secrets.token_bytes(32)
-    user_key = keys.user_key(secret, "9001.e2e")
+    scope = keys.job_scope("alice", "9001.e2e", secrets.token_hex(16))
+    user_key = keys.user_key(secret, scope)
     known = keys.known_hosts_lines(
-        secret, "9001.e2e", [(v.index, v.hostname, v.address) for v in plan.vms]
+        secret, scope, [(v.index, v.hostname, v.address) for v in plan.vms]
     )
     image = disks.resolve_admin_image("debian12", IMAGE_POOL)
     shares = ((str(work / "home"), "vmwshare0"),)
@@ -529,7 +530,7 @@ def _boot_two_guests(work: Path) -> None:  # runs as __main__ inside the private
         seed.write_seed(
             vm=vm, plan=plan, config=cfg, paths=paths, nonce=nonce,
             user_public_key=user_key.public_openssh, user_private_key=user_key.private_openssh,
-            host_key=keys.host_key(secret, "9001.e2e", vm.index), known_hosts=known, shares=shares,
+            host_key=keys.host_key(secret, scope, vm.index), known_hosts=known, shares=shares,
             owner=owner,
         )  # fmt: skip
         xml = render.render_domain(vm, plan, paths, "tcg", config=cfg, image=image, shares=shares)
