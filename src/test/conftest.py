@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
+
+from torque_harness import JobUser, ensure_job_user, site_root  # noqa: E402
 
 
 def _libvirtd_up() -> bool:
@@ -72,3 +74,17 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if item.config.getoption("--require-tools"):
             pytest.fail(text + " (--require-tools)", pytrace=False)
         pytest.skip(text)
+
+
+# -- the job user and a pbs_mom imitation's home, for the tests that boot VMs through it --
+
+
+@pytest.fixture
+def user() -> JobUser:
+    return ensure_job_user()
+
+
+@pytest.fixture
+def site_base() -> Iterator[Path]:
+    with site_root() as root:
+        yield root

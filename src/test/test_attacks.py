@@ -14,13 +14,12 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_torque_vms import make_site, refused
-from torque_harness import Job, JobUser, ensure_job_user, site_root
+from torque_harness import Job, JobUser
 from vmtest import job_run, leftovers, request_fields, system_config
 
 from vmwrapper import requestblock
@@ -31,17 +30,6 @@ from vmwrapper.plan import job_tag
 
 pytestmark = pytest.mark.needs("root", "libvirtd", "vmnet", "guest-image")
 SUB_ID = "0123456789abcdef0123456789abcdef"
-
-
-@pytest.fixture
-def user() -> JobUser:
-    return ensure_job_user()
-
-
-@pytest.fixture
-def site_base() -> Iterator[Path]:
-    with site_root() as root:
-        yield root
 
 
 def forged(vm: dict[str, str], files: dict[str, bytes] | None = None) -> dict[str, Any]:

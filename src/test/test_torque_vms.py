@@ -10,28 +10,16 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from torque_harness import Job, JobUser, Outcome, TorqueSite, ensure_job_user, site_root
+from torque_harness import Job, JobUser, Outcome, TorqueSite
 from vmtest import job_run, leftovers, request_fields, system_config, vm_fields
 
 from vmwrapper.node import node_state
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.needs("root", "libvirtd", "vmnet", "guest-image")
-
-
-@pytest.fixture
-def user() -> JobUser:
-    return ensure_job_user()
-
-
-@pytest.fixture
-def site_base() -> Iterator[Path]:
-    with site_root() as root:
-        yield root
 
 
 EXIT_SETUP_FAILED = 125  # job-run: the VMs could not start, the job itself never ran
