@@ -493,6 +493,6 @@ def test_payload_round_trip_and_damage() -> None:
 def test_template_is_found_in_the_source_tree() -> None:
     from importlib import resources
 
-    template = resources.files("vmwrapper.templates").joinpath("jobwrapper.sh.j2")
-    assert Path(str(template)) == REPO / "src" / "templates" / "jobwrapper.sh.j2"
+    template = resources.files("vmwrapper.templates").joinpath("jobwrapper.sh.tmpl")
+    assert Path(str(template)) == REPO / "src" / "templates" / "jobwrapper.sh.tmpl"
     assert shutil.which("sh")  # the wrapper is a sh script

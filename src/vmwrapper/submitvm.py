@@ -3,7 +3,7 @@
 A backend parses its own argv and directives; everything after that is the same for every
 batch system: collect the ``-vm``/``--vm`` texts into one request (every problem at once),
 check the user's files, explain resource changes, and render the job wrapper script from
-templates/jobwrapper.sh.j2 with the request and the user's script embedded.
+templates/jobwrapper.sh.tmpl with the request and the user's script embedded.
 
 Import it after submitcore.enable_site(): its imports need site-packages (yaml, jinja2).
 """
@@ -25,6 +25,7 @@ from vmwrapper.request import VmRequest, parse_vm_option, validate
 from vmwrapper.userfiles import check_user_files
 
 PAYLOAD_END = "VMW_PAYLOAD_END"
+WRAPPER_TEMPLATE = "jobwrapper.sh.tmpl"
 MAX_PROBLEM_LINES = 10  # then "... and N more problems"
 MAX_PROBLEM_CHARS = 300  # a hostile value must not make one problem a screenful
 MAX_VALUE_CHARS = 4096  # request.parse_vm_option's limit, named here for a clear message
@@ -256,11 +257,14 @@ def job_wrapper(
 
 
 def render_wrapper(directives: list[str], request_line: str, payload: str, cfg: Config) -> str:
-    from vmwrapper import __version__  # noqa: PLC0415
-    from vmwrapper.render import render_template  # noqa: PLC0415
+    """templates/jobwrapper.sh.tmpl, a template without logic (string.Template): on the
+    qsub/sbatch path, Jinja2 and render.py's imports would cost ~20 ms per VM submission.
+    A shell script: values are quoted (shlex) or data-only lines by construction."""
+    from importlib import resources  # noqa: PLC0415
+    from string import Template  # noqa: PLC0415
 
-    # A shell script: render.py's one environment does not autoescape it; values are quoted
-    # (shlex) or data-only lines by construction.
+    from vmwrapper import __version__  # noqa: PLC0415
+
     values = {
         "directive_block": "".join(line + "\n" for line in directives),
         "request_line": request_line,
@@ -269,4 +273,5 @@ def render_wrapper(directives: list[str], request_line: str, payload: str, cfg: 
         "payload": payload,
         "end_marker": PAYLOAD_END,
     }
-    return render_template("jobwrapper.sh.j2", values)
+    template = resources.files("vmwrapper.templates").joinpath(WRAPPER_TEMPLATE)
+    return Template(template.read_text(encoding="utf-8")).substitute(values)

@@ -9,7 +9,7 @@ bytes on stdin). Nothing heavier than ``os`` is imported on that path.
 and submits nothing, for plain and VM jobs alike.
 
 VM path: full config, validation of every input (all problems at once), the job wrapper
-script rendered from templates/jobwrapper.sh.j2, then exec of the real qsub with the wrapper
+script rendered from templates/jobwrapper.sh.tmpl, then exec of the real qsub with the wrapper
 on its stdin. Handing the script over on stdin (a memfd) instead of a temp file means there
 is nothing to clean up, the user's shell waits on the real qsub itself (signals, exit code,
 job control), and no file is ever left behind, even on SIGKILL. The job name is passed with
