@@ -46,20 +46,33 @@ class Account:
     home: str
 
 
-def read_batch_script(path: str) -> bytes:
-    """The batch system's copy of the job script: root-owned regular file, no symlink."""
+def read_batch_file(path: str, owners: tuple[int, ...] = (0,)) -> bytes:
+    """A file the batch system keeps for the job (a script copy, Torque's job record): a
+    regular file owned by one of ``owners``, read through one O_NOFOLLOW descriptor.
+    FileNotFoundError passes through; anything else is a PermanentJobError."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
     except OSError as err:
-        raise PermanentJobError(f"cannot open the job script copy {path}: {err.strerror}") from None
+        raise PermanentJobError(f"cannot open {path}: {err.strerror}") from None
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != 0:
-            raise PermanentJobError(f"job script copy {path} is not a root-owned regular file")
+        if not stat.S_ISREG(info.st_mode) or info.st_uid not in owners:
+            who = "the job's user or root" if len(owners) > 1 else "root"
+            raise PermanentJobError(f"{path} is not a regular file of {who}")
         data = handle.read(MAX_SCRIPT_BYTES + 1)
     if len(data) > MAX_SCRIPT_BYTES:
-        raise PermanentJobError("job script is larger than 16 MiB")
+        raise PermanentJobError(f"{path} is larger than 16 MiB")
     return data
+
+
+def read_batch_script(path: str) -> bytes:
+    """The batch system's root-owned copy of the job script (Slurm, local)."""
+    try:
+        return read_batch_file(path)
+    except FileNotFoundError:
+        raise PermanentJobError(f"the job script copy {path} does not exist") from None
 
 
 def account_of(user: str) -> Account:

@@ -7,23 +7,21 @@
 - Sister: its own ``.JB``, which appears right after ``prologue.parallel`` returns; the
   detached boot waits for it. 1,024 sisters put no load on the server.
 
-Every file is opened once with O_NOFOLLOW and checked through the descriptor; its content
-is user data, re-validated as a request like any other.
+Every file is read by node.read_batch_file (once, O_NOFOLLOW, checked through the
+descriptor); its content is user data, re-validated as a request like any other.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 import threading
 import time
 
 from vmwrapper import proc, requestblock
 from vmwrapper.batch import torque_job
-from vmwrapper.errors import CommandError, NodeError, PermanentJobError
+from vmwrapper.errors import CommandError, NodeError
+from vmwrapper.node import read_batch_file
 from vmwrapper.requestblock import RequestBlock
-
-MAX_SCRIPT_BYTES = 16 * 1024 * 1024
 
 
 class RecordWatch:
@@ -63,26 +61,6 @@ def record_path(script_path: str) -> str:
     return torque_job.job_file(script_path, ".JB")
 
 
-def read_checked(path: str, owners: tuple[int, ...], limit: int) -> bytes:
-    """A regular file owned by one of ``owners``, read through one O_NOFOLLOW descriptor.
-    FileNotFoundError passes through; anything else is a PermanentJobError."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise
-    except OSError as err:
-        raise PermanentJobError(f"cannot open {path}: {err.strerror}") from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode) or info.st_uid not in owners:
-            raise PermanentJobError(f"{path} is not a regular file of the job's user or root")
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise PermanentJobError(f"{path} is larger than {limit // (1024 * 1024)} MiB")
-    return data
-
-
 def request_in_job_record(xml_text: bytes) -> RequestBlock | None:
     variables = torque_job.variable_list(xml_text)
     value = torque_job.request_value(variables or "")
@@ -94,12 +72,12 @@ def mother_superior_request(
 ) -> RequestBlock | None:
     """The request as the mother superior's prologue finds it (see the module docstring)."""
     try:
-        script = read_checked(script_path, (uid, 0), MAX_SCRIPT_BYTES)
+        script = read_batch_file(script_path, (uid, 0))
         return requestblock.find(script)
     except FileNotFoundError:
         pass  # qsub -I: no script
     try:
-        record = read_checked(record_path(script_path), (0,), MAX_SCRIPT_BYTES)
+        record = read_batch_file(record_path(script_path))
     except FileNotFoundError:
         record = _ask_server(qstat, jobid)
     return request_in_job_record(record)
@@ -122,7 +100,7 @@ def wait_for_job_record(
     deadline = time.monotonic() + seconds
     while True:
         try:
-            return request_in_job_record(read_checked(path, (0,), MAX_SCRIPT_BYTES))
+            return request_in_job_record(read_batch_file(path))
         except FileNotFoundError:
             if time.monotonic() > deadline:
                 return None

@@ -127,13 +127,13 @@ def _sister(ctx: HookContext) -> int:
         if block is None:
             return 0
         watch = torque_files.RecordWatch(ctx.script_path)
-        state = node.node_state(config, ctx.jobid, ctx.rank or 1)
+        state = node.node_state(config, ctx.jobid, ctx.rank or 0)  # the rank plan_for uses
         started, until = time.time(), time.monotonic() + config.TIMEOUT
 
         def gone() -> bool:
             return watch.gone() or state.job_ended_since(started)
 
-        state = node.prologue(ctx, config, boot.boot_node, block, until=until, gone=gone)
+        node.prologue(ctx, config, boot.boot_node, block, until=until, gone=gone)
         mine = state.journal_started()
     except JobGone:
         log.info("sister %s: the job ended during the boot; stopped", ctx.jobid)
