@@ -50,8 +50,13 @@ def job_id(env: dict[str, str]) -> str:
     raise PermanentJobError("no job id in the environment (PBS_JOBID, SLURM_JOB_ID, VMW_JOBID)")
 
 
+def job_user_dir(config: Config, jobid: str) -> Path:
+    """What the hooks leave for the job user on the first node (state.py's user/)."""
+    return Path(config.STATE_DIR) / "jobs" / job_tag(jobid) / "user"
+
+
 def load_job_files(config: Config, jobid: str) -> JobFiles:
-    user_dir = Path(config.STATE_DIR) / "jobs" / job_tag(jobid) / "user"
+    user_dir = job_user_dir(config, jobid)
     try:
         vms = json.loads((user_dir / "vms.json").read_text())["vms"]
     except (OSError, ValueError, KeyError) as err:
@@ -198,7 +203,7 @@ def _reattach_terminal() -> None:
 def boot_failure(config: Config, jobid: str) -> list[str]:
     """Why the hooks could not start the job's VMs, if they left that for us: Torque
     never delivers a failed prologue's output, so the job starts and says it here."""
-    path = Path(config.STATE_DIR) / "jobs" / job_tag(jobid) / "user" / "failure"
+    path = job_user_dir(config, jobid) / "failure"
     try:
         with path.open(encoding="utf-8", errors="replace") as handle:
             return [line.rstrip("\n") for line in handle.readlines()[:50]]
